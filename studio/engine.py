@@ -1,0 +1,71 @@
+"""The Engine protocol every backend implements, and its error types.
+
+The UI and the serving app depend only on this module and studio.types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from studio.types import GenerationRequest, GenerationResult
+
+ProgressCallback = Callable[[int, int], None]  # (step done, total steps) over the whole run
+
+
+class CancelToken(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class EngineError(RuntimeError):
+    """The engine could not produce a result (load failure, backend failure, remote error)."""
+
+
+class ModelLoadError(EngineError):
+    """The model could not be loaded; the message says which model and why."""
+
+
+class EngineNotReady(EngineError):
+    """No model is loaded (still loading, or loading failed)."""
+
+
+class GenerationCancelled(EngineError):
+    """The user pressed Stop. `partial` holds the images finished before the stop (may be None)."""
+
+    def __init__(self, message: str = "generation stopped", partial: GenerationResult | None = None):
+        super().__init__(message)
+        self.partial = partial
+
+
+@dataclass
+class EngineStatus:
+    """What Settings shows and /ping reports."""
+
+    backend: str  # "local", "sagemaker", "http"
+    model: str = ""  # display name of the model (or endpoint / URL)
+    loaded: bool = False
+    loading: bool = False
+    error: str | None = None
+    device: str = ""
+    dtype: str = ""
+    is_demo: bool = False
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> GenerationResult:
+        """Validate, run and return all images; raise RequestError / EngineError / GenerationCancelled."""
+        ...
+
+    def status(self) -> EngineStatus: ...
+
+    def samplers(self) -> list[str]:
+        """Sampler names this engine accepts (A1111 display names)."""
+        ...
