@@ -1,0 +1,42 @@
+# SD Studio — `make run` starts the studio, `make test` runs the whole suite. Both build .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export GRADIO_ANALYTICS_ENABLED ?= False
+export HF_HUB_DISABLE_TELEMETRY ?= 1
+
+.PHONY: install install-dev run serve test test-fast bench lint clean-cache
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first and alone, pinned: an unpinned torch would pull a multi-GB CUDA build on CPU machines.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+install-dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+run: install
+	$(PY) app.py $(ARGS)
+
+serve: install
+	$(PY) -m studio.serving --host 127.0.0.1 --port 8080 $(ARGS)
+
+test: install-dev
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(ARGS)
+
+bench: install-dev
+	HF_HUB_OFFLINE=1 $(PY) -m bench $(ARGS)
+
+lint: install-dev
+	$(PY) -m ruff check studio tests app.py
+
+clean-cache:
+	rm -rf .cache

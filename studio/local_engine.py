@@ -1,0 +1,398 @@
+"""LocalEngine: Stable Diffusion on this machine with Hugging Face diffusers.
+
+Weights load once (`load()`); the text-to-image pipeline is built once and the img2img and
+inpaint pipelines are derived from it with `from_pipe`, so all three share the same modules.
+Every call gets its own scheduler and its own light pipeline object (again `from_pipe`): the
+shared pipelines are never mutated per request. Noise comes from a CPU generator per image,
+seeded `seed + i`, so any image of a run can be reproduced alone (A1111's convention).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from studio import metadata
+from studio.engine import (
+    CancelToken,
+    EngineError,
+    EngineNotReady,
+    EngineStatus,
+    GenerationCancelled,
+    ModelLoadError,
+    ProgressCallback,
+)
+from studio.samplers import canonical_name, make_scheduler, sampler_names
+from studio.types import DEFAULT_LIMITS, GenerationRequest, GenerationResult, Limits, RequestError, Task
+
+logger = logging.getLogger(__name__)
+
+
+class _StopRequested(Exception):
+    """Raised inside the diffusers step callback to leave the denoising loop at once."""
+
+
+@dataclass
+class _Loaded:
+    """One loaded model: the three task pipelines (sharing modules) and what Settings shows."""
+
+    source: Any  # studio.models.ModelSource
+    pipes: dict[Task, Any]
+    device: str
+    dtype: Any  # torch.dtype
+    inpaint_source: Any | None
+    model_hash: str | None = None
+
+
+def pick_device(requested: str) -> tuple[str, Any]:
+    """auto → CUDA (fp16) when present, else CPU (fp32). Asking for cuda without one is an error."""
+    import torch
+
+    if requested not in ("auto", "cuda", "cpu"):
+        raise ModelLoadError(f"device: expected auto, cuda or cpu, got {requested!r}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device: cuda was requested but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return "cuda", torch.float16
+    return "cpu", torch.float32
+
+
+class LocalEngine:
+    """The diffusers engine. Thread-safe: one generation at a time; loading swaps models atomically."""
+
+    backend = "local"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        models_dir: Path = Path("models"),
+        device: str = "auto",
+        inpaint_model: str | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ):
+        self.model_spec = model
+        self.models_dir = Path(models_dir)
+        self.device_request = device
+        self.inpaint_model_spec = inpaint_model
+        self.limits = limits
+        self._run_lock = threading.Lock()  # one generation at a time
+        self._state_lock = threading.Lock()  # guards _loaded / _loading / _error
+        self._loaded: _Loaded | None = None
+        self._loading: str | None = None
+        self._error: str | None = None
+
+    # ---- loading -------------------------------------------------------------------------------------------------
+    def load(self, model: str | None = None, inpaint_model: str | None = None) -> None:
+        """Load `model` (default: the one given at construction). Blocking; raises ModelLoadError.
+
+        On failure the previously loaded model (if any) stays in use and the error is kept for status().
+        """
+        from studio import models
+
+        spec = self.model_spec if model is None else model
+        inpaint_spec = self.inpaint_model_spec if inpaint_model is None else inpaint_model
+        with self._state_lock:
+            self._loading = spec or "(default)"
+            self._error = None
+        started = time.perf_counter()
+        try:
+            loaded = self._load(models, spec, inpaint_spec)
+        except Exception as exc:  # any failure becomes a named load error; the app keeps running
+            err = exc if isinstance(exc, ModelLoadError) else ModelLoadError(f"{spec or 'default model'}: {exc}")
+            with self._state_lock:
+                self._loading = None
+                self._error = str(err)
+            logger.error("model load failed: %s", err)
+            raise err from exc
+        with self._state_lock:
+            self._loaded = loaded
+            self._loading = None
+            self._error = None
+            self.model_spec, self.inpaint_model_spec = spec, inpaint_spec
+        logger.info(
+            "loaded %s (%s) on %s/%s in %.1fs",
+            loaded.source.name,
+            loaded.source.kind,
+            loaded.device,
+            str(loaded.dtype).removeprefix("torch."),
+            time.perf_counter() - started,
+        )
+
+    def _load(self, models: Any, spec: str | None, inpaint_spec: str | None) -> _Loaded:
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+        device, dtype = pick_device(self.device_request)
+        source = models.resolve_model(spec, self.models_dir)
+        base = models.load_pipeline(source, device=device, dtype=dtype)
+        pipes: dict[Task, Any] = {}
+        if models.is_inpaint_unet(base):
+            # A 9-channel UNet only inpaints; text/image-to-image need a base model.
+            pipes[Task.INPAINT] = AutoPipelineForInpainting.from_pipe(base, torch_dtype=dtype)
+        else:
+            pipes[Task.TXT2IMG] = base
+            pipes[Task.IMG2IMG] = AutoPipelineForImage2Image.from_pipe(base, torch_dtype=dtype)
+            pipes[Task.INPAINT] = AutoPipelineForInpainting.from_pipe(base, torch_dtype=dtype)
+        inpaint_source = None
+        if inpaint_spec:
+            inpaint_source = models.resolve_model(inpaint_spec, self.models_dir)
+            inpaint_base = models.load_pipeline(inpaint_source, device=device, dtype=dtype)
+            if not models.is_inpaint_unet(inpaint_base):
+                raise ModelLoadError(
+                    f"inpaint model {inpaint_source.name}: not an inpainting checkpoint (its UNet takes "
+                    f"{inpaint_base.unet.config.in_channels} channels, an inpainting UNet takes 9)"
+                )
+            pipes[Task.INPAINT] = AutoPipelineForInpainting.from_pipe(inpaint_base, torch_dtype=dtype)
+        return _Loaded(source=source, pipes=pipes, device=device, dtype=dtype, inpaint_source=inpaint_source)
+
+    # ---- status --------------------------------------------------------------------------------------------------
+    def status(self) -> EngineStatus:
+        with self._state_lock:
+            loaded, loading, error = self._loaded, self._loading, self._error
+        if loaded is None:
+            return EngineStatus(
+                backend="local", model=loading or (self.model_spec or ""), loading=loading is not None, error=error
+            )
+        details = {"source": loaded.source.kind, "location": str(loaded.source.location)}
+        if loaded.inpaint_source is not None:
+            details["inpaint"] = f"dedicated inpainting model {loaded.inpaint_source.name}"
+        elif Task.TXT2IMG not in loaded.pipes:
+            details["inpaint"] = "this is an inpainting model: only the Inpaint tab works"
+        else:
+            details["inpaint"] = "base model (no dedicated inpainting checkpoint)"
+        return EngineStatus(
+            backend="local",
+            model=loaded.source.name,
+            loaded=True,
+            loading=loading is not None,
+            error=error,
+            device=loaded.device,
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            is_demo=loaded.source.is_demo,
+            details=details,
+        )
+
+    def samplers(self) -> list[str]:
+        return sampler_names()
+
+    @property
+    def pipelines(self) -> dict[Task, Any]:
+        """The shared task pipelines (read-only use: tests check they share modules)."""
+        loaded = self._require_loaded()
+        return dict(loaded.pipes)
+
+    def _require_loaded(self) -> _Loaded:
+        with self._state_lock:
+            loaded, loading, error = self._loaded, self._loading, self._error
+        if loaded is not None:
+            return loaded
+        if loading:
+            raise EngineNotReady(f"model {loading} is still loading")
+        raise EngineNotReady(f"no model loaded{': ' + error if error else ''}")
+
+    # ---- generation ----------------------------------------------------------------------------------------------
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> GenerationResult:
+        request = request.validate(self.limits, samplers=canonical_name).with_resolved_seed()
+        loaded = self._require_loaded()
+        task = request.task
+        pipe = loaded.pipes.get(task)
+        if pipe is None:
+            raise RequestError(
+                "task", task.value, f"the loaded model {loaded.source.name} is an inpainting model; load a base model"
+            )
+        warnings: list[str] = []
+        call_args = self._task_args(pipe, request, warnings)
+        warnings.extend(self._prompt_warnings(pipe, request))
+        with self._run_lock:
+            return self._run(loaded, pipe, request, call_args, warnings, on_progress, cancel)
+
+    def _task_args(self, pipe: Any, request: GenerationRequest, warnings: list[str]) -> dict[str, Any]:
+        """Pipeline keyword arguments specific to the task (prepared images and mask)."""
+        size = (request.width, request.height)
+        if request.task is Task.TXT2IMG:
+            return {"width": request.width, "height": request.height}
+        effective = int(request.steps * request.strength)
+        if effective < 1:
+            raise RequestError(
+                "strength",
+                request.strength,
+                f"{request.steps} steps x strength {request.strength:g} leaves no denoising step; "
+                "raise steps or strength",
+            )
+        image = request.image.convert("RGB")
+        if image.size != size:
+            warnings.append(f"image: resized from {image.width}x{image.height} to {request.width}x{request.height}")
+            image = image.resize(size, resample=_lanczos())
+        if request.task is Task.IMG2IMG:
+            return {"image": image, "strength": request.strength}
+        mask = request.mask.convert("L")
+        if mask.size != size:
+            warnings.append(f"mask: resized from {mask.width}x{mask.height} to {request.width}x{request.height}")
+            mask = mask.resize(size, resample=_lanczos())
+        if mask.getextrema()[1] == 0:
+            raise RequestError("mask", "empty", "is empty (all black): paint the area to repaint in white")
+        if request.mask_blur:
+            mask = pipe.mask_processor.blur(mask, blur_factor=request.mask_blur)
+        return {
+            "image": image,
+            "mask_image": mask,
+            "strength": request.strength,
+            "width": request.width,
+            "height": request.height,
+        }
+
+    @staticmethod
+    def _prompt_warnings(pipe: Any, request: GenerationRequest) -> list[str]:
+        """CLIP reads 77 tokens (75 + start/end); say what is cut instead of dropping it silently."""
+        tokenizer = getattr(pipe, "tokenizer", None)
+        if tokenizer is None:
+            return []
+        out = []
+        limit = tokenizer.model_max_length - 2
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(request, name)
+            if not text:
+                continue
+            ids = tokenizer(text, truncation=False, add_special_tokens=False)["input_ids"]
+            if len(ids) > limit:
+                dropped = tokenizer.decode(ids[limit:])
+                if len(dropped) > 80:
+                    dropped = dropped[:77] + "..."
+                out.append(
+                    f"{name}: {len(ids)} tokens, only the first {limit} are used (CLIP's 77-token limit); "
+                    f"ignored: {dropped!r}"
+                )
+        return out
+
+    def _run(
+        self,
+        loaded: _Loaded,
+        pipe: Any,
+        request: GenerationRequest,
+        call_args: dict[str, Any],
+        warnings: list[str],
+        on_progress: ProgressCallback | None,
+        cancel: CancelToken | None,
+    ) -> GenerationResult:
+        import torch
+
+        started = time.perf_counter()
+        if loaded.model_hash is None:
+            from studio import models
+
+            loaded.model_hash = models.model_hash(loaded.source)
+        seeds = request.seeds()
+        result = GenerationResult(
+            images=[], seeds=[], infotexts=[], request=request, model=loaded.source.name, backend="local",
+            warnings=warnings,
+        )
+        per_image = _expected_steps(request)
+        total = per_image * len(seeds)
+        for index, seed in enumerate(seeds):
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled(f"stopped after {index} of {len(seeds)} images", partial=result)
+            # A light pipeline object for this call only: same modules, its own scheduler.
+            call_pipe = type(pipe).from_pipe(
+                pipe, scheduler=make_scheduler(request.sampler, pipe.scheduler.config), torch_dtype=loaded.dtype
+            )
+            call_pipe.set_progress_bar_config(disable=True)
+            last: dict[str, Any] = {}
+
+            def on_step(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any], index: int = index) -> dict[str, Any]:
+                last["latents"] = kwargs.get("latents")
+                if on_progress is not None:
+                    on_progress(min(index * per_image + step + 1, total), total)
+                if cancel is not None and cancel.is_set():
+                    raise _StopRequested
+                return {}
+
+            try:
+                with torch.inference_mode():
+                    output = call_pipe(
+                        prompt=request.prompt,
+                        negative_prompt=request.negative_prompt or None,
+                        num_inference_steps=request.steps,
+                        guidance_scale=request.cfg_scale,
+                        generator=torch.Generator("cpu").manual_seed(seed),
+                        output_type="np",
+                        callback_on_step_end=on_step,
+                        callback_on_step_end_tensor_inputs=["latents"],
+                        **call_args,
+                    )
+            except _StopRequested:
+                raise GenerationCancelled(
+                    f"stopped during image {index + 1} of {len(seeds)}", partial=result
+                ) from None
+            except (RequestError, GenerationCancelled):
+                raise
+            except Exception as exc:
+                logger.exception("generation failed")
+                raise EngineError(f"generation failed ({type(exc).__name__}): {exc}") from exc
+            array = output.images[0]
+            if not _finite(array):
+                array = self._decode_fp32(call_pipe, last.get("latents"), array)
+            image = _to_pil(array)
+            if request.task is Task.INPAINT:
+                image = call_pipe.image_processor.apply_overlay(call_args["mask_image"], call_args["image"], image)
+            result.images.append(image)
+            result.seeds.append(seed)
+            result.infotexts.append(
+                metadata.format_infotext(request, seed, model=loaded.source.name, model_hash=loaded.model_hash or "")
+            )
+        result.timings["generate"] = time.perf_counter() - started
+        return result
+
+    @staticmethod
+    def _decode_fp32(pipe: Any, latents: Any, array: Any) -> Any:
+        """fp16 VAEs can overflow to NaN (black images); decode the final latents again in fp32."""
+        import torch
+
+        vae = pipe.vae
+        if latents is None or vae.dtype == torch.float32:
+            raise EngineError("the model produced NaN pixels (a broken checkpoint or an fp32 overflow)")
+        logger.warning("NaN in fp16 VAE decode; decoding again in fp32")
+        with torch.inference_mode():
+            vae.to(torch.float32)
+            try:
+                decoded = vae.decode(latents.to(torch.float32) / vae.config.scaling_factor, return_dict=False)[0]
+            finally:
+                vae.to(torch.float16)
+        array = pipe.image_processor.postprocess(decoded, output_type="np")[0]
+        if not _finite(array):
+            raise EngineError("the model produced NaN pixels even with the VAE in fp32")
+        return array
+
+
+def _expected_steps(request: GenerationRequest) -> int:
+    if request.task is Task.TXT2IMG:
+        return request.steps
+    return max(1, int(request.steps * request.strength))
+
+
+def _finite(array: Any) -> bool:
+    import numpy as np
+
+    return bool(np.isfinite(array).all())
+
+
+def _to_pil(array: Any) -> Any:
+    """The same float→uint8 conversion diffusers' numpy_to_pil does."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((array * 255).round().astype(np.uint8))
+
+
+def _lanczos() -> Any:
+    from PIL import Image
+
+    return Image.Resampling.LANCZOS

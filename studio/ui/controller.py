@@ -1,0 +1,88 @@
+"""StudioController: what the UI handlers call. Holds the active engine, the output store and Stop tokens.
+
+It sees engines only through the studio.engine protocol; app.py injects the factories that build
+local or remote engines, so this module never imports torch, diffusers or boto3.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from studio.engine import Engine, EngineError, EngineStatus, GenerationCancelled, ProgressCallback
+from studio.gallery import OutputStore
+from studio.types import GenerationRequest, GenerationResult
+
+logger = logging.getLogger(__name__)
+
+# (backend, target) -> Engine; target is a model spec, URL or endpoint name.
+EngineFactory = Callable[[str, str], Engine]
+
+
+@dataclass
+class StudioController:
+    engine: Engine
+    store: OutputStore
+    engine_factory: EngineFactory | None = None
+    list_models: Callable[[], list[str]] = field(default=lambda: [])
+    list_endpoints: Callable[[], list[str]] | None = None
+    _tokens: dict[str, threading.Event] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    # ---- generation ----------------------------------------------------------------------------------------------
+    def generate(
+        self, request: GenerationRequest, session: str = "", on_progress: ProgressCallback | None = None
+    ) -> GenerationResult:
+        """Run the request on the active engine and save every image before returning it.
+
+        On Stop the images finished before it are saved too; GenerationCancelled carries them.
+        """
+        token = threading.Event()
+        with self._lock:
+            self._tokens[session] = token
+            engine = self.engine
+        try:
+            result = engine.generate(request, on_progress=on_progress, cancel=token)
+        except GenerationCancelled as stopped:
+            if stopped.partial is not None and stopped.partial.images:
+                self.store.save(stopped.partial)
+            raise
+        finally:
+            with self._lock:
+                if self._tokens.get(session) is token:
+                    del self._tokens[session]
+        self.store.save(result)
+        return result
+
+    def stop(self, session: str = "") -> bool:
+        """Ask this session's running generation to stop between steps. False when nothing was running."""
+        with self._lock:
+            token = self._tokens.get(session)
+        if token is None:
+            return False
+        token.set()
+        return True
+
+    # ---- engine management ---------------------------------------------------------------------------------------
+    def status(self) -> EngineStatus:
+        return self.engine.status()
+
+    def load_model(self, spec: str) -> EngineStatus:
+        """Load another model into the local engine; on failure the error is raised and shown, the app goes on."""
+        load = getattr(self.engine, "load", None)
+        if load is None:
+            raise EngineError(f"the {self.engine.status().backend} backend has no local model to change")
+        load(spec.strip() or None)
+        return self.engine.status()
+
+    def switch_backend(self, backend: str, target: str) -> EngineStatus:
+        """Replace the active engine (local model, HTTP URL or SageMaker endpoint)."""
+        if self.engine_factory is None:
+            raise EngineError("switching backends is not available in this studio")
+        engine = self.engine_factory(backend, target.strip())
+        with self._lock:
+            self.engine = engine
+        logger.info("switched to %s backend: %s", backend, target)
+        return engine.status()

@@ -1,0 +1,54 @@
+"""Settings parsing: flags over STUDIO_* env, explicit bool/int parsing, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from studio.config import ConfigError, load_settings
+
+
+def test_defaults():
+    s = load_settings([], environ={})
+    assert (s.host, s.port, s.device, s.backend, s.outputs, s.model) == (
+        "127.0.0.1", 7860, "auto", "local", Path("outputs"), None)
+
+
+def test_env_then_flag_precedence():
+    env = {"STUDIO_PORT": "9000", "STUDIO_MODEL": "demo", "STUDIO_SHARE": "false", "STUDIO_MAX_STEPS": "50"}
+    s = load_settings([], environ=env)
+    assert s.port == 9000 and s.model == "demo" and s.share is False and s.limits.max_steps == 50
+    s = load_settings(["--port", "9100"], environ=env)
+    assert s.port == 9100
+
+
+@pytest.mark.parametrize(("env", "name"), [({"STUDIO_PORT": "80a"}, "STUDIO_PORT"),
+                                           ({"STUDIO_SHARE": "maybe"}, "STUDIO_SHARE"),
+                                           ({"STUDIO_MAX_WIDTH": "big"}, "STUDIO_MAX_WIDTH")])
+def test_bad_env_values_name_the_variable(env, name):
+    with pytest.raises(ConfigError, match=name):
+        load_settings([], environ=env)
+
+
+def test_backend_needs_target():
+    with pytest.raises(ConfigError, match="--url"):
+        load_settings(["--backend", "http"], environ={})
+    with pytest.raises(ConfigError, match="--endpoint"):
+        load_settings(["--backend", "sagemaker"], environ={})
+    assert load_settings(["--backend", "http", "--url", "http://127.0.0.1:8080"], environ={}).url
+
+
+def test_exposure_needs_auth():
+    from app import check_exposure, parse_auth
+
+    with pytest.raises(ConfigError, match="--auth"):
+        check_exposure(load_settings(["--host", "0.0.0.0"], environ={}))
+    with pytest.raises(ConfigError, match="--auth"):
+        check_exposure(load_settings(["--share"], environ={}))
+    check_exposure(load_settings(["--host", "0.0.0.0", "--auth", "me:pw"], environ={}))
+    check_exposure(load_settings(["--host", "0.0.0.0", "--no-auth"], environ={}))
+    check_exposure(load_settings([], environ={}))
+    assert parse_auth("me:secret:x") == [("me", "secret:x")]
+    with pytest.raises(ConfigError):
+        parse_auth("nocolon")
