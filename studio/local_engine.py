@@ -132,11 +132,11 @@ class LocalEngine:
         pipes: dict[Task, Any] = {}
         if models.is_inpaint_unet(base):
             # A 9-channel UNet only inpaints; text/image-to-image need a base model.
-            pipes[Task.INPAINT] = AutoPipelineForInpainting.from_pipe(base, torch_dtype=dtype)
+            pipes[Task.INPAINT] = AutoPipelineForInpainting.from_pipe(base, dtype=dtype)
         else:
             pipes[Task.TXT2IMG] = base
-            pipes[Task.IMG2IMG] = AutoPipelineForImage2Image.from_pipe(base, torch_dtype=dtype)
-            pipes[Task.INPAINT] = AutoPipelineForInpainting.from_pipe(base, torch_dtype=dtype)
+            pipes[Task.IMG2IMG] = AutoPipelineForImage2Image.from_pipe(base, dtype=dtype)
+            pipes[Task.INPAINT] = AutoPipelineForInpainting.from_pipe(base, dtype=dtype)
         inpaint_source = None
         if inpaint_spec:
             inpaint_source = models.resolve_model(inpaint_spec, self.models_dir)
@@ -146,7 +146,7 @@ class LocalEngine:
                     f"inpaint model {inpaint_source.name}: not an inpainting checkpoint (its UNet takes "
                     f"{inpaint_base.unet.config.in_channels} channels, an inpainting UNet takes 9)"
                 )
-            pipes[Task.INPAINT] = AutoPipelineForInpainting.from_pipe(inpaint_base, torch_dtype=dtype)
+            pipes[Task.INPAINT] = AutoPipelineForInpainting.from_pipe(inpaint_base, dtype=dtype)
         return _Loaded(source=source, pipes=pipes, device=device, dtype=dtype, inpaint_source=inpaint_source)
 
     # ---- status --------------------------------------------------------------------------------------------------
@@ -302,7 +302,7 @@ class LocalEngine:
                 raise GenerationCancelled(f"stopped after {index} of {len(seeds)} images", partial=result)
             # A light pipeline object for this call only: same modules, its own scheduler.
             call_pipe = type(pipe).from_pipe(
-                pipe, scheduler=make_scheduler(request.sampler, pipe.scheduler.config), torch_dtype=loaded.dtype
+                pipe, scheduler=make_scheduler(request.sampler, pipe.scheduler.config), dtype=loaded.dtype
             )
             call_pipe.set_progress_bar_config(disable=True)
             last: dict[str, Any] = {}

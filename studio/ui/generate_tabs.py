@@ -17,6 +17,25 @@ from studio.types import GenerationRequest, Limits, RequestError, Task
 from studio.ui.controller import StudioController
 
 
+class FieldSlider(gr.Slider):
+    """A slider whose range the browser enforces; API values pass through unchanged so that
+    GenerationRequest.validate() rejects them with an error naming the field (gradio's own check does not)."""
+
+    is_template = True  # render with the stock Slider frontend
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
+class FieldNumber(gr.Number):
+    """A number box that passes API values through unchanged for GenerationRequest.validate() (see FieldSlider)."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
 @dataclass
 class GenerationWidgets:
     """The components of one generation tab (others send parameters into them)."""
@@ -25,7 +44,7 @@ class GenerationWidgets:
     prompt: gr.Textbox
     negative_prompt: gr.Textbox
     sampler: gr.Dropdown
-    steps: gr.Slider
+    steps: FieldSlider
     cfg_scale: gr.Slider
     seed: gr.Number
     width: gr.Slider
@@ -141,20 +160,20 @@ def build_generation_tab(
             )
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}-negative")
             with gr.Row():
-                sampler = gr.Dropdown(samplers, value=DEFAULT_SAMPLER, label="Sampler", scale=2)
-                steps = gr.Slider(1, limits.max_steps, value=20, step=1, label="Steps", scale=3)
+                sampler = gr.Dropdown(samplers, value=DEFAULT_SAMPLER, label="Sampler", scale=2, allow_custom_value=True)
+                steps = FieldSlider(1, limits.max_steps, value=20, step=1, label="Steps", scale=3)
             with gr.Row():
-                width = gr.Slider(64, limits.max_width, value=512, step=8, label="Width")
-                height = gr.Slider(64, limits.max_height, value=512, step=8, label="Height")
+                width = FieldSlider(64, limits.max_width, value=512, step=8, label="Width")
+                height = FieldSlider(64, limits.max_height, value=512, step=8, label="Height")
             with gr.Row():
-                cfg = gr.Slider(limits.min_cfg_scale, limits.max_cfg_scale, value=7.0, step=0.5, label="CFG scale")
-                count = gr.Slider(1, limits.max_count, value=1, step=1, label="Image count")
+                cfg = FieldSlider(limits.min_cfg_scale, limits.max_cfg_scale, value=7.0, step=0.5, label="CFG scale")
+                count = FieldSlider(1, limits.max_count, value=1, step=1, label="Image count")
             if task is not Task.TXT2IMG:
-                strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength")
+                strength = FieldSlider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength")
             if task is Task.INPAINT:
-                mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur")
+                mask_blur = FieldSlider(0, 64, value=4, step=1, label="Mask blur")
             with gr.Row():
-                seed = gr.Number(label="Seed (-1 = random)", value=-1, precision=0, scale=4, elem_id=f"{prefix}-seed")
+                seed = FieldNumber(label="Seed (-1 = random)", value=-1, precision=0, scale=4, elem_id=f"{prefix}-seed")
                 random_seed = gr.Button("🎲", scale=0, min_width=48, elem_id=f"{prefix}-random-seed")
                 reuse_seed = gr.Button("♻️", scale=0, min_width=48, elem_id=f"{prefix}-reuse-seed")
         with gr.Column(scale=6):
