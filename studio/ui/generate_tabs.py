@@ -174,14 +174,15 @@ def build_generation_tab(
                 mask_blur = FieldSlider(0, 64, value=4, step=1, label="Mask blur")
             with gr.Row():
                 seed = FieldNumber(label="Seed (-1 = random)", value=-1, precision=0, scale=4, elem_id=f"{prefix}-seed")
-                random_seed = gr.Button("🎲", scale=0, min_width=48, elem_id=f"{prefix}-random-seed")
-                reuse_seed = gr.Button("♻️", scale=0, min_width=48, elem_id=f"{prefix}-reuse-seed")
+                random_seed = gr.Button("Random", scale=0, min_width=72, elem_id=f"{prefix}-random-seed")
+                reuse_seed = gr.Button("Reuse last", scale=0, min_width=90, elem_id=f"{prefix}-reuse-seed")
         with gr.Column(scale=6):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", scale=3, elem_id=f"{prefix}-generate")
                 stop = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{prefix}-stop")
             gallery = gr.Gallery(
-                label="Images", format="png", columns=2, height=512, object_fit="contain", elem_id=f"{prefix}-gallery"
+                label="Images", format="png", columns=2, height=512, object_fit="contain", interactive=False,
+                elem_id=f"{prefix}-gallery",
             )
             with gr.Row():
                 send_img2img = gr.Button("Send to Image to image", size="sm", elem_id=f"{prefix}-send-img2img")

@@ -1,0 +1,264 @@
+"""The Deploy section of the Settings tab: create, list, inspect, use and delete SageMaker endpoints.
+
+The handlers call studio.deploy (which imports boto3 lazily inside its functions); this module imports neither
+boto3 nor studio.deploy at import time. Long operations (create, delete) run in a worker thread and the handler is
+a generator that streams their step-by-step progress into a log box. Errors are shown in the log and raised as
+gr.Error with the message; nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+
+log = logging.getLogger(__name__)
+
+INTRO = (
+    "Deploys the studio's engine to an Amazon SageMaker endpoint **in your AWS account, at your cost**, using your "
+    "standard AWS credentials (environment, `~/.aws`, SSO or an instance role). Real-time endpoints bill per "
+    "instance-hour while they exist; async endpoints scale to zero when idle. Everything created is tagged "
+    "`sd-studio` and listed below, so it can be deleted here."
+)
+
+
+def _text(value: str | None) -> str | None:
+    """Blank textbox → None (use the default)."""
+    value = (value or "").strip()
+    return value or None
+
+
+def _int_or_none(value: Any) -> int | None:
+    """gr.Number gives int/float/None; keep None, make integral floats ints, let validate() reject the rest."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _run_streaming(
+    work: Callable[[Callable[[str, str], None]], Any],
+) -> Iterator[tuple[str, Any, BaseException | None]]:
+    """Run work(progress) in a thread; yield ("line", text, None) per progress message, then ("done", result, exc)."""
+    events: queue.Queue[tuple[str, Any, BaseException | None]] = queue.Queue()
+
+    def progress(step: str, message: str) -> None:
+        events.put(("line", f"[{step}] {message}", None))
+
+    def target() -> None:
+        try:
+            events.put(("done", work(progress), None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the UI thread, which shows and raises it
+            events.put(("done", None, exc))
+
+    threading.Thread(target=target, name="sd-studio-deploy", daemon=True).start()
+    while True:
+        try:
+            event = events.get(timeout=30)
+        except queue.Empty:
+            continue
+        yield event
+        if event[0] == "done":
+            return
+
+
+def build_deploy_panel(on_use_endpoint: Callable[[str], str] | None) -> None:
+    """Add the Deploy UI to the current gr.Blocks/gr.Tab context.
+
+    `on_use_endpoint(name)` switches the studio to the endpoint and returns a message to show (None: the "Use this
+    endpoint" button is not offered).
+    """
+    from studio import deploy  # light: boto3 is imported only when a handler calls AWS
+
+    gr.Markdown(INTRO)
+    with gr.Row():
+        name = gr.Textbox(label="Endpoint name", placeholder="sd-studio-1", elem_id="deploy-name", scale=2)
+        model = gr.Textbox(
+            label="Model: local folder/file, s3://…/model.tar.gz, hub id (org/name) or demo",
+            value="demo",
+            elem_id="deploy-model",
+            scale=3,
+        )
+    with gr.Row():
+        instance_type = gr.Dropdown(
+            choices=list(deploy.INSTANCE_PRICES),
+            value=deploy.DEFAULT_INSTANCE_TYPE,
+            label="Instance type (GPU)",
+            elem_id="deploy-instance-type",
+        )
+        mode = gr.Radio(list(deploy.MODES), value="realtime", label="Mode", elem_id="deploy-mode")
+        min_instances = gr.Number(value=None, precision=0, label="Min instances (blank: 1 real-time, 0 async)")
+        max_instances = gr.Number(value=1, precision=0, label="Max instances")
+    price = gr.Markdown(deploy.describe_price(deploy.DEFAULT_INSTANCE_TYPE), elem_id="deploy-price")
+    with gr.Accordion("Advanced (S3, role, image, region)", open=False):
+        with gr.Row():
+            bucket = gr.Textbox(label="S3 bucket", placeholder="default: sagemaker-{region}-{account}")
+            prefix = gr.Textbox(label="S3 prefix", value=deploy.DEFAULT_PREFIX)
+            region = gr.Textbox(label="Region", placeholder="default: AWS_REGION / your profile's region")
+        with gr.Row():
+            role = gr.Textbox(
+                label="Execution role ARN", placeholder="discovered on a SageMaker notebook; otherwise required"
+            )
+            image = gr.Textbox(label="Container image", placeholder="default: the AWS PyTorch inference DLC")
+    accept = gr.Checkbox(label="I accept the hourly cost shown above", value=False, elem_id="deploy-accept")
+    deploy_button = gr.Button("Deploy", variant="primary", elem_id="deploy-create")
+    log_box = gr.Textbox(label="Deploy log", lines=12, max_lines=30, interactive=False, elem_id="deploy-log")
+
+    gr.Markdown("### SD Studio endpoints")
+    with gr.Row():
+        refresh = gr.Button("Refresh list", size="sm", elem_id="deploy-refresh")
+    table = gr.Dataframe(
+        headers=list(deploy.TABLE_HEADERS), type="array", interactive=False, elem_id="deploy-table", wrap=True
+    )
+    with gr.Row():
+        selected = gr.Dropdown(choices=[], label="Endpoint", allow_custom_value=True, elem_id="deploy-selected")
+        use_button = gr.Button("Use this endpoint", visible=on_use_endpoint is not None, elem_id="deploy-use")
+    details = gr.Markdown(elem_id="deploy-details")
+    with gr.Row():
+        confirm_delete = gr.Checkbox(label="Yes, delete this endpoint", value=False, elem_id="deploy-confirm-delete")
+        delete_artifacts = gr.Checkbox(label="Also delete the uploaded model files", value=False)
+        delete_button = gr.Button("Delete", variant="stop", elem_id="deploy-delete")
+
+    def show_price(kind: str, how: str, low: Any, high: Any) -> str:
+        try:
+            return deploy.describe_price(kind, how, _int_or_none(low), int(high or 1))
+        except (TypeError, ValueError):
+            return deploy.describe_price(kind, how)
+
+    def create_endpoint(
+        endpoint: str,
+        model_spec: str,
+        kind: str,
+        how: str,
+        low: Any,
+        high: Any,
+        bucket_name: str,
+        key_prefix: str,
+        role_arn: str,
+        image_uri: str,
+        region_name: str,
+        accepted: bool,
+    ) -> Iterator[str]:
+        plan = deploy.DeployPlan(
+            name=(endpoint or "").strip(),
+            model=(model_spec or "").strip(),
+            instance_type=kind,
+            mode=how,
+            min_instances=_int_or_none(low),
+            max_instances=_int_or_none(high) if high is not None else 1,
+            bucket=_text(bucket_name),
+            prefix=(key_prefix or "").strip(),
+            role=_text(role_arn),
+            image=_text(image_uri),
+            region=_text(region_name),
+        )
+        try:
+            plan.validate(check_aws=False)  # instant feedback on names/sizes before any AWS call
+        except deploy.DeployError as err:
+            raise gr.Error(str(err), title="Not deployed") from None
+        if not accepted:
+            raise gr.Error("Tick “I accept the hourly cost shown above” to deploy.", title="Not deployed")
+        lines = [deploy.describe_price(plan.instance_type, plan.mode, plan.min_instances, plan.max_instances)]
+        yield "\n".join(lines)
+        for kind_, value, exc in _run_streaming(lambda progress: deploy.create(plan, progress)):
+            if kind_ == "line":
+                lines.append(value)
+                yield "\n".join(lines)
+            elif exc is not None:
+                log.warning("deploy of %s failed: %s", plan.name, exc)
+                lines.append(f"ERROR: {exc}")
+                yield "\n".join(lines)
+                raise gr.Error(str(exc), title="Deploy failed") from None
+            else:
+                lines.append(f"Endpoint {value.endpoint_name} is ready. Select it below and press “Use this endpoint”.")
+                yield "\n".join(lines)
+
+    def list_rows(region_name: str, current: str | None) -> tuple[Any, Any]:
+        try:
+            endpoints = deploy.list_endpoints(_text(region_name))
+        except Exception as err:  # shown to the user, not swallowed
+            raise gr.Error(f"Could not list endpoints: {err}", title="List failed") from None
+        names = [e.name for e in endpoints]
+        value = current if current in names else (names[0] if names else None)
+        return [e.row() for e in endpoints], gr.update(choices=names, value=value)
+
+    def show_details(endpoint: str | None, region_name: str) -> str:
+        if not endpoint:
+            return ""
+        try:
+            info = deploy.status(endpoint, _text(region_name))
+        except deploy.EndpointNotFound:
+            return f"`{endpoint}`: no such endpoint (deleted?)"
+        except Exception as err:  # noqa: BLE001 - shown in place of the details
+            return f"Could not read `{endpoint}`: {err}"
+        parts = [
+            f"**{info.name}**: {info.status} · {info.mode} · {info.instance_type} × {info.instance_count}",
+            f"autoscaling {info.min_instances}–{info.max_instances} · age {info.age}",
+        ]
+        if info.async_output_path:
+            parts.append(f"async output `{info.async_output_path}`")
+        if info.failure_reason:
+            parts.append(f"**FailureReason:** {info.failure_reason}")
+        return "  \n".join(parts)
+
+    def delete_endpoint(endpoint: str | None, confirmed: bool, artifacts: bool, region_name: str) -> Iterator[str]:
+        if not endpoint:
+            raise gr.Error("Select an endpoint to delete.", title="Nothing deleted")
+        if not confirmed:
+            raise gr.Error("Tick “Yes, delete this endpoint” first.", title="Nothing deleted")
+        lines = [f"Deleting {endpoint}…"]
+        yield "\n".join(lines)
+        work = lambda progress: deploy.delete(endpoint, artifacts, _text(region_name), progress)  # noqa: E731
+        for kind_, value, exc in _run_streaming(work):
+            if kind_ == "line":
+                lines.append(value)
+                yield "\n".join(lines)
+            elif exc is not None:
+                lines.append(f"ERROR: {exc}")
+                yield "\n".join(lines)
+                raise gr.Error(str(exc), title="Delete failed") from None
+            else:
+                lines.append(value.summary())
+                yield "\n".join(lines)
+                if not value.ok:
+                    raise gr.Error(f"Some resources are left: {', '.join(value.leftovers + value.errors)}")
+
+    def use(endpoint: str | None) -> str:
+        if on_use_endpoint is None:
+            raise gr.Error("Switching endpoints is not available here.")
+        if not endpoint:
+            raise gr.Error("Select an endpoint first.")
+        try:
+            return on_use_endpoint(endpoint)
+        except Exception as err:  # the switch failed: say why
+            raise gr.Error(str(err), title="Endpoint not used") from None
+
+    price_inputs = [instance_type, mode, min_instances, max_instances]
+    for component in price_inputs:
+        component.change(show_price, price_inputs, price, api_visibility="private", queue=False)
+    deploy_button.click(
+        create_endpoint,
+        [name, model, instance_type, mode, min_instances, max_instances, bucket, prefix, role, image, region, accept],
+        log_box,
+        api_name="deploy_create",
+        concurrency_id="deploy",
+        concurrency_limit=1,
+    ).then(list_rows, [region, name], [table, selected], api_visibility="private")
+    refresh.click(list_rows, [region, selected], [table, selected], api_name="deploy_list")
+    selected.change(show_details, [selected, region], details, api_visibility="private")
+    delete_button.click(
+        delete_endpoint,
+        [selected, confirm_delete, delete_artifacts, region],
+        log_box,
+        api_name="deploy_delete",
+        concurrency_id="deploy",
+        concurrency_limit=1,
+    ).then(list_rows, [region, selected], [table, selected], api_visibility="private").then(
+        lambda: gr.update(value=False), None, confirm_delete, api_visibility="private"
+    )
+    use_button.click(use, selected, details, api_name="deploy_use")
