@@ -155,15 +155,25 @@ def aws_session(region: str | None = None) -> Any:
 
 
 def aws_client(service: str, region: str | None = None, *, session: Any = None, quick: bool = False) -> Any:
-    """The one place clients are built. `quick` = short timeouts and no retries (start-up checks)."""
+    """The one place clients are built. `quick` = short timeouts and no retries (start-up checks).
+
+    Clients are cached on the session they come from (building one costs ~0.1 s), so one operation that passes its
+    session around builds each client once; a new operation starts from a fresh session and picks up any change in
+    environment or credentials.
+    """
     from botocore.config import Config
 
     session = session or aws_session(region)
-    if quick:
-        config = Config(connect_timeout=3, read_timeout=5, retries={"mode": "standard", "max_attempts": 1})
-    else:
-        config = Config(retries={"mode": "standard", "max_attempts": 5}, user_agent_extra="sd-studio")
-    return session.client(service, region_name=region or session.region_name, config=config)
+    region = region or session.region_name
+    cache = session.__dict__.setdefault("_sd_studio_clients", {})
+    key = (service, region, quick)
+    if key not in cache:
+        if quick:
+            config = Config(connect_timeout=3, read_timeout=5, retries={"mode": "standard", "max_attempts": 1})
+        else:
+            config = Config(retries={"mode": "standard", "max_attempts": 5}, user_agent_extra="sd-studio")
+        cache[key] = session.client(service, region_name=region, config=config)
+    return cache[key]
 
 
 def _error_code(exc: BaseException) -> str:
@@ -410,7 +420,7 @@ class DeployPlan:
                 f"an endpoint named {self.name!r} already exists ({existing['EndpointStatus']}); "
                 "delete it first or choose another name",
             )
-        if self.model_kind != "s3":
+        if self.model_kind != "s3" or self.mode == "async":
             s3 = aws_client("s3", region, session=session)
             try:
                 s3.head_bucket(Bucket=plan.bucket)
@@ -672,9 +682,10 @@ def create(
 
     step = "validate"
     say(step, f"checking the plan for {plan.name!r}")
+    plan._validate_offline()
+    session = session or aws_session(resolve_region(plan.region))
     plan = plan.validate(session=session)
     region = plan.region or ""
-    session = session or aws_session(region)
     say(step, f"region {region}, account {plan.account}, role {plan.role}, image {plan.image}")
     say(step, describe_price(plan.instance_type, plan.mode, plan.min_instances, plan.max_instances))
 
@@ -716,10 +727,11 @@ def create(
             # -- upload
             step = "upload"
             t0 = time.monotonic()
-            if tarball is None:
-                say(step, "skipped")
-            else:
+            if tarball is not None or plan.mode == "async":  # async results go to the bucket too
                 _ensure_bucket(s3, bucket, region, undo, say)
+            if tarball is None:
+                say(step, "skipped (nothing to upload)")
+            else:
                 key = f"{run_prefix}/model.tar.gz"
                 size = tarball.stat().st_size
                 say(step, f"uploading {size / 1e6:.1f} MB to s3://{bucket}/{key}")
@@ -1146,10 +1158,11 @@ def running_endpoints_warning(region: str | None = None) -> str | None:
     Never raises and never waits long: no region/credentials or an unreachable API just means no warning.
     """
     try:
-        region = region or aws_session().region_name
-        if not region or aws_session(region).get_credentials() is None:
+        session = aws_session(region)
+        region = region or session.region_name
+        if not region or session.get_credentials() is None:
             return None
-        endpoints = [e for e in list_endpoints(region, quick=True) if e.status != "Deleting"]
+        endpoints = [e for e in list_endpoints(region, session=session, quick=True) if e.status != "Deleting"]
     except Exception as exc:  # noqa: BLE001 - a warning must never stop the studio from starting
         log.debug("could not check for running SageMaker endpoints: %s", exc)
         return None

@@ -16,6 +16,7 @@ sets the environment for boto3 and yields the URL.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import urllib.request
@@ -56,6 +57,7 @@ def moto_server() -> Iterator[str]:
     """One in-process moto server for the whole test session; yields its base URL."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per AWS call is just noise
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
