@@ -31,6 +31,8 @@ from studio.types import DEFAULT_LIMITS, GenerationRequest, GenerationResult, Li
 
 logger = logging.getLogger(__name__)
 
+LOAD_WAIT_SECONDS = 600.0  # a Generate pressed while the first model loads waits for it instead of failing
+
 
 class _StopRequested(Exception):
     """Raised inside the diffusers step callback to leave the denoising loop at once."""
@@ -85,6 +87,7 @@ class LocalEngine:
         self._loaded: _Loaded | None = None
         self._loading: str | None = None
         self._error: str | None = None
+        self._idle = threading.Condition(self._state_lock)  # notified when a load ends
 
     # ---- loading -------------------------------------------------------------------------------------------------
     def load(self, model: str | None = None, inpaint_model: str | None = None) -> None:
@@ -97,7 +100,7 @@ class LocalEngine:
         spec = self.model_spec if model is None else model
         inpaint_spec = self.inpaint_model_spec if inpaint_model is None else inpaint_model
         with self._state_lock:
-            self._loading = spec or "(default)"
+            self._loading = spec or "default model"
             self._error = None
         started = time.perf_counter()
         try:
@@ -107,6 +110,7 @@ class LocalEngine:
             with self._state_lock:
                 self._loading = None
                 self._error = str(err)
+                self._idle.notify_all()
             logger.error("model load failed: %s", err)
             raise err from exc
         with self._state_lock:
@@ -114,6 +118,7 @@ class LocalEngine:
             self._loading = None
             self._error = None
             self.model_spec, self.inpaint_model_spec = spec, inpaint_spec
+            self._idle.notify_all()
         logger.info(
             "loaded %s (%s) on %s/%s in %.1fs",
             loaded.source.name,
@@ -185,8 +190,11 @@ class LocalEngine:
         loaded = self._require_loaded()
         return dict(loaded.pipes)
 
-    def _require_loaded(self) -> _Loaded:
+    def _require_loaded(self, wait: float = 0.0) -> _Loaded:
+        """The loaded model; with `wait`, a first load still in progress is waited for (Generate during start-up)."""
         with self._state_lock:
+            if self._loaded is None and self._loading and wait > 0:
+                self._idle.wait_for(lambda: self._loading is None, timeout=wait)
             loaded, loading, error = self._loaded, self._loading, self._error
         if loaded is not None:
             return loaded
@@ -202,7 +210,7 @@ class LocalEngine:
         cancel: CancelToken | None = None,
     ) -> GenerationResult:
         request = request.validate(self.limits, samplers=canonical_name).with_resolved_seed()
-        loaded = self._require_loaded()
+        loaded = self._require_loaded(wait=LOAD_WAIT_SECONDS)
         task = request.task
         pipe = loaded.pipes.get(task)
         if pipe is None:

@@ -184,3 +184,13 @@ def test_dedicated_inpaint_model(tmp_path):
     result = eng.generate(BASE.replace(image=Image.new("RGB", (64, 64), "white"), mask=mask, strength=1.0))
     assert result.images[0].size == (64, 64)
     assert "dedicated" in eng.status().details["inpaint"]
+
+
+def test_generate_during_first_load_waits_for_it():
+    eng = LocalEngine("demo", device="cpu")
+    loader = threading.Thread(target=eng.load)
+    loader.start()
+    try:
+        assert eng.generate(BASE).images[0].size == (64, 64)
+    finally:
+        loader.join()
