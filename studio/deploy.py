@@ -147,11 +147,30 @@ class EndpointNotFound(DeployError):
 # AWS clients
 
 
-def aws_session(region: str | None = None) -> Any:
-    """A boto3 Session honouring the standard credential chain and AWS_ENDPOINT_URL (imported lazily)."""
-    import boto3
+_LOADER: Any = None  # botocore's JSON model loader, shared by all our sessions (it only caches service models)
+_LOADER_LOCK = threading.Lock()
 
-    return boto3.session.Session(region_name=region) if region else boto3.session.Session()
+
+def aws_session(region: str | None = None) -> Any:
+    """A fresh boto3 Session honouring the standard credential chain and AWS_ENDPOINT_URL (imported lazily).
+
+    Each operation gets a new session, so changed credentials/environment are picked up; the service-model loader
+    is shared, which makes building clients ~4x cheaper (the models are parsed once per process).
+    """
+    global _LOADER
+    import boto3
+    import botocore.loaders
+    import botocore.session
+
+    with _LOADER_LOCK:
+        if _LOADER is None:
+            _LOADER = botocore.loaders.create_loader()
+        core = botocore.session.Session()
+        core.register_component("data_loader", _LOADER)
+        session = boto3.session.Session(botocore_session=core, region_name=region)
+        # boto3 appends its data folder to the loader's search path for every session: keep the list unique.
+        _LOADER.search_paths[:] = list(dict.fromkeys(_LOADER.search_paths))
+    return session
 
 
 def aws_client(service: str, region: str | None = None, *, session: Any = None, quick: bool = False) -> Any:
@@ -640,9 +659,17 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
+_STAMP_LENGTH = len("20260101-000000")
+
+
+def _name_stem(name: str) -> str:
+    """The endpoint name as it starts model/config names (cut so `{stem}-{stamp}` fits in 63 characters)."""
+    return name[: 63 - _STAMP_LENGTH - 1].rstrip("-")
+
+
 def _resource_names(name: str, stamp: str) -> str:
     """Model/config name: `{name}-{stamp}`, cut so it stays within SageMaker's 63 characters."""
-    return f"{name[: 63 - len(stamp) - 1].rstrip('-')}-{stamp}"
+    return f"{_name_stem(name)}-{stamp}"
 
 
 def _s3_join(*parts: str) -> str:
@@ -1217,22 +1244,30 @@ def _owned(sm: Any, arn: str, name: str) -> bool:
 def _find_owned(sm: Any, name: str) -> tuple[list[str], list[str]]:
     """Configs and models tagged for endpoint `name` (also orphans from a half-finished run)."""
     configs, models = [], []
-    for page in sm.get_paginator("list_endpoint_configs").paginate(NameContains=name):
+    stem = _name_stem(name)
+    for page in sm.get_paginator("list_endpoint_configs").paginate(NameContains=stem):
         configs += [
             c["EndpointConfigName"] for c in page["EndpointConfigs"] if _owned(sm, c["EndpointConfigArn"], name)
         ]
-    for page in sm.get_paginator("list_models").paginate(NameContains=name):
+    for page in sm.get_paginator("list_models").paginate(NameContains=stem):
         models += [m["ModelName"] for m in page["Models"] if _owned(sm, m["ModelArn"], name)]
     return configs, models
 
 
 def _endpoint_alarms(cloudwatch: Any, name: str) -> list[str]:
-    """Alarms on AWS/SageMaker metrics of this endpoint (ours, and target tracking's own)."""
+    """Alarms on this endpoint's AWS/SageMaker metrics that sd-studio caused: the ones it tagged for the endpoint,
+    and the TargetTracking-* alarms Application Auto Scaling made for its policies. Alarms a user made are kept."""
     names = []
     for page in cloudwatch.get_paginator("describe_alarms").paginate(AlarmTypes=["MetricAlarm"]):
         for alarm in page["MetricAlarms"]:
             dims = {d["Name"]: d["Value"] for d in alarm.get("Dimensions", [])}
-            if alarm.get("Namespace") == "AWS/SageMaker" and dims.get("EndpointName") == name:
+            if alarm.get("Namespace") != "AWS/SageMaker" or dims.get("EndpointName") != name:
+                continue
+            if alarm["AlarmName"].startswith(f"TargetTracking-{_resource_id(name)}-"):
+                names.append(alarm["AlarmName"])
+                continue
+            tags = cloudwatch.list_tags_for_resource(ResourceARN=alarm["AlarmArn"]).get("Tags", [])
+            if _tag_dict(tags).get(TAG_KEY) == "true" and _tag_dict(tags).get(TAG_ENDPOINT) == name:
                 names.append(alarm["AlarmName"])
     return names
 

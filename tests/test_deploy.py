@@ -13,7 +13,6 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from helpers.moto_server import aws, free_port, moto_server  # noqa: F401  (fixtures)
 
@@ -59,7 +58,7 @@ def _fresh_clients():
 
 def client(service: str) -> Any:
     if service not in _clients:
-        _clients[service] = boto3.session.Session(region_name=REGION).client(service)
+        _clients[service] = deploy.aws_session(REGION).client(service)  # plain boto3, sharing the model loader
     return _clients[service]
 
 
@@ -267,6 +266,32 @@ def test_s3_model_data_is_used_as_is_and_list_ignores_untagged(aws):  # noqa: F8
     assert sm.describe_endpoint(EndpointName="other")["EndpointStatus"] == "InService"
     assert deploy.delete("sd-s3", poll_seconds=0.01).ok
     assert [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]] == ["other"]
+
+
+def test_longest_name_and_user_alarms_are_handled(aws):  # noqa: F811
+    """A 63-character name still fits model/config names; delete finds them and keeps a user's own alarm."""
+    name = "n" * 63
+    plan = DeployPlan(name=name, model="s3://b-1/m.tar.gz", instance_type="ml.g4dn.xlarge", role=ROLE)
+    result = deploy.create(plan, poll_seconds=0.01)
+    assert len(result.model_name) <= 63 and result.model_name.startswith("n" * 47 + "-")
+    cloudwatch = client("cloudwatch")
+    cloudwatch.put_metric_alarm(
+        AlarmName="my-latency-alarm",
+        MetricName="ModelLatency",
+        Namespace="AWS/SageMaker",
+        Dimensions=[{"Name": "EndpointName", "Value": name}],
+        Statistic="Average",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1e6,
+        ComparisonOperator="GreaterThanThreshold",
+    )
+    report = deploy.delete(name, poll_seconds=0.01)
+    assert report.ok, report.summary()
+    assert f"model {result.model_name}" in report.deleted
+    assert [a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"]] == ["my-latency-alarm"]
+    cloudwatch.delete_alarms(AlarmNames=["my-latency-alarm"])
+    assert_nothing_left()
 
 
 def test_async_with_s3_model_creates_the_output_bucket(aws, allow_g5):  # noqa: F811
@@ -497,13 +522,25 @@ def test_running_endpoints_warning_is_quiet_without_a_region(monkeypatch):
     assert deploy.running_endpoints_warning() is None
 
 
-def test_importing_deploy_and_the_panel_does_not_import_boto3():
-    code = (
-        "import sys, studio.deploy, studio.ui.deploy_panel; "
-        "print(sorted(m for m in ('boto3', 'botocore', 'torch', 'diffusers') if m in sys.modules))"
-    )
+def test_importing_deploy_does_not_import_boto3():
+    code = "import sys, studio.deploy; print(sorted(m for m in ('boto3', 'botocore', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_panel_imports_neither_boto3_nor_deploy_at_module_level():
+    """Checked on the source (importing gradio in a subprocess costs ~10 s): top-level imports only."""
+    import ast
+
+    tree = ast.parse((REPO / "studio" / "ui" / "deploy_panel.py").read_text())
+    top = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            top.add(node.module or "")
+    assert not {m for m in top if m.split(".")[0] in ("boto3", "botocore", "torch", "diffusers")}
+    assert "studio.deploy" not in top and "studio" not in top
 
 
 def test_price_text_and_default_image():
@@ -709,3 +746,51 @@ def test_panel_shows_deploy_failures(panel_app, monkeypatch):
             api_name="/deploy_create",
         )
     assert_nothing_left()
+
+
+@pytest.mark.skipif(not (REPO / "studio" / "remote.py").is_file(), reason="studio/remote.py not written yet")
+@needs_inference
+def test_settings_tab_deploy_use_delete_in_the_real_app(aws, tmp_path, monkeypatch):  # noqa: F811
+    """As a new user: in the studio's own Settings tab, deploy the demo model, switch to it, then delete it."""
+    from gradio_client import Client
+
+    import app
+    from studio.config import load_settings
+
+    for key in [k for k in __import__("os").environ if k.startswith("STUDIO_")]:
+        monkeypatch.delenv(key)
+    port = free_port()
+    # http backend at a closed port: the studio starts without loading a model; the switch goes to SageMaker.
+    settings = load_settings(
+        ["--backend", "http", "--url", "http://127.0.0.1:9", "--port", str(port), "--outputs", str(tmp_path / "out")]
+    )
+    blocks, controller = app.launch(settings, prevent_thread_lock=True)
+    try:
+        studio = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        log_text = studio.predict(
+            endpoint="sd-e2e",
+            model_spec="demo",
+            kind="ml.g4dn.xlarge",
+            how="async",
+            low=None,
+            high=1,
+            bucket_name="",
+            key_prefix="sd-studio",
+            role_arn=ROLE,
+            image_uri="",
+            region_name="",
+            accepted=True,
+            api_name="/deploy_create",
+        )
+        assert "[upload] uploaded" in log_text and "Endpoint sd-e2e is ready" in log_text
+        message = studio.predict(endpoint="sd-e2e", api_name="/deploy_use")
+        assert "sd-e2e" in message
+        status = controller.status()
+        assert (status.backend, status.model) == ("sagemaker", "sd-e2e")
+        log_text = studio.predict(
+            endpoint="sd-e2e", confirmed=True, artifacts=True, region_name="", api_name="/deploy_delete"
+        )
+        assert "verified: nothing is left" in log_text
+        assert_nothing_left()
+    finally:
+        blocks.close()

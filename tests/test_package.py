@@ -1,0 +1,151 @@
+"""model.tar.gz works as the SageMaker PyTorch inference container uses it.
+
+The tarball is extracted to a temp folder (standing in for /opt/ml/model) and a fresh Python process, whose only
+path to our code is the extracted code/ folder, runs model_fn → input_fn → predict_fn → output_fn on the demo model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from studio import deploy
+from studio.deploy import DeployPlan
+
+REPO = Path(__file__).resolve().parents[1]
+INFERENCE = REPO / "studio" / "sagemaker_inference.py"
+pytestmark = pytest.mark.skipif(not INFERENCE.is_file(), reason="studio/sagemaker_inference.py not written yet")
+
+
+@pytest.fixture(scope="module")
+def demo_dir() -> Path:
+    from studio.models import demo_model_dir
+
+    return demo_model_dir()
+
+
+@pytest.fixture(scope="module")
+def packaged(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(model.tar.gz, extracted folder) for the demo model, as a local-folder deploy would package it."""
+    work = tmp_path_factory.mktemp("package")
+    plan = DeployPlan(name="pkg", model=str(demo_dir))
+    tarball = deploy.package_model(plan, work / "model.tar.gz")
+    extracted = work / "opt-ml-model"
+    extracted.mkdir()
+    with tarfile.open(tarball) as tar:
+        tar.extractall(extracted, filter="data")  # "data" refuses absolute paths, .. and links
+    return tarball, extracted
+
+
+def test_tarball_layout(packaged, demo_dir):
+    tarball, extracted = packaged
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+    assert all(not n.startswith(("/", "..")) and "__pycache__" not in n and not n.endswith(".pyc") for n in names)
+    assert (extracted / "code" / "inference.py").read_bytes() == INFERENCE.read_bytes()
+    # Our package, .py files and configs only.
+    assert (extracted / "code" / "studio" / "__init__.py").is_file()
+    assert (extracted / "code" / "studio" / "wire.py").is_file()
+    shipped_configs = sorted(p.relative_to(REPO / "studio") for p in (REPO / "studio" / "configs").rglob("*.json"))
+    assert shipped_configs and all((extracted / "code" / "studio" / p).is_file() for p in shipped_configs)
+    code_suffixes = {p.suffix for p in (extracted / "code" / "studio").rglob("*") if p.is_file()}
+    assert code_suffixes <= {".py", ".json", ".txt", ".yaml"}
+    # requirements: what the DLC lacks, never torch (the DLC's CUDA build must stay).
+    requirements = (extracted / "code" / "requirements.txt").read_text().split()
+    names_only = {r.split("==")[0].lower() for r in requirements}
+    assert {"diffusers", "transformers", "safetensors"} <= names_only
+    assert "torch" not in names_only and "gradio" not in names_only
+    # The model files sit at the root, as /opt/ml/model/ will hold them.
+    demo_files = sorted(p.relative_to(demo_dir) for p in demo_dir.rglob("*") if p.is_file())
+    assert demo_files and all((extracted / p).is_file() for p in demo_files)
+    assert (extracted / "model_index.json").read_bytes() == (demo_dir / "model_index.json").read_bytes()
+
+
+def test_single_file_and_hub_models(tmp_path):
+    checkpoint = tmp_path / "my-model.safetensors"
+    checkpoint.write_bytes(b"not really weights")
+    with tarfile.open(deploy.package_model(DeployPlan(name="f", model=str(checkpoint)), tmp_path / "a.tar.gz")) as t:
+        names = t.getnames()
+    assert "my-model.safetensors" in names and "code/inference.py" in names
+
+    hub = DeployPlan(name="h", model="stabilityai/sd-turbo")
+    with tarfile.open(deploy.package_model(hub, tmp_path / "b.tar.gz")) as tar:
+        names = tar.getnames()
+    assert all(n.startswith("code/") for n in names)  # only our code; the container downloads the model
+    assert deploy.model_environment(hub)["STUDIO_MODEL"] == "stabilityai/sd-turbo"
+
+
+RUNNER = textwrap.dedent(
+    """
+    import base64, io, json, sys
+    from pathlib import Path
+
+    code_dir, model_dir = Path(sys.argv[1]).resolve(), sys.argv[2]
+    import inference  # code/inference.py, as the toolkit imports SAGEMAKER_PROGRAM
+
+    model = inference.model_fn(model_dir)
+    request = {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 2, "seed": 1234}
+    data = inference.input_fn(json.dumps(request), "application/json")
+    prediction = inference.predict_fn(data, model)
+    body = inference.output_fn(prediction, "application/json")
+    content_type = "application/json"
+    if isinstance(body, tuple):
+        body, content_type = body
+    payload = json.loads(body)
+
+    from PIL import Image
+
+    sizes = [Image.open(io.BytesIO(base64.b64decode(img))).size for img in payload["images"]]
+    loaded = {name: getattr(mod, "__file__", None) for name, mod in sys.modules.items()
+              if name == "studio" or name.startswith("studio.")}
+    print(json.dumps({
+        "sizes": sizes,
+        "seeds": payload.get("seeds"),
+        "content_type": content_type,
+        "inference_file": inference.__file__,
+        "studio_modules": loaded,
+        "code_dir": str(code_dir),
+    }))
+    """
+)
+
+
+def test_inference_handlers_run_from_the_extracted_tarball(packaged, tmp_path):
+    _, extracted = packaged
+    code_dir = extracted / "code"
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STUDIO_MODEL", "PYTHON"))}
+    env.update(
+        PYTHONPATH=str(code_dir),  # like the toolkit: code/ on the path, nothing from the repo
+        HF_HUB_OFFLINE="1",
+        SAGEMAKER_PROGRAM="inference.py",
+        SAGEMAKER_SUBMIT_DIRECTORY=str(code_dir),
+        SM_MODEL_DIR=str(extracted),
+    )
+    out = subprocess.run(
+        [sys.executable, "-P", str(runner), str(code_dir), str(extracted)],  # -P: no script dir / cwd on sys.path
+        cwd=code_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["sizes"] == [[64, 64]]
+    assert result["seeds"] == [1234]
+    assert result["content_type"] == "application/json"
+    # Everything came from the tarball, not from the repo.
+    assert Path(result["inference_file"]).resolve() == (code_dir / "inference.py").resolve()
+    assert result["studio_modules"], "the handlers never imported studio"
+    for name, path in result["studio_modules"].items():
+        assert path is None or Path(path).resolve().is_relative_to(code_dir.resolve()), (name, path)
+    assert not any(str(REPO) in (p or "") for p in result["studio_modules"].values())
