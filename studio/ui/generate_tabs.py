@@ -140,7 +140,10 @@ def build_generation_tab(
         with gr.Column(scale=5):
             image = mask_upload = mask_blur = strength = None
             if task is Task.IMG2IMG:
-                image = gr.Image(label="Input image", type="pil", image_mode="RGB", format="png", height=360)
+                image = gr.Image(
+                    label="Input image", type="pil", image_mode="RGB", format="png", height=360,
+                    elem_id=f"{prefix}-image",
+                )
             elif task is Task.INPAINT:
                 image = gr.ImageEditor(
                     label="Image — paint the area to repaint",
@@ -154,13 +157,18 @@ def build_generation_tab(
                     elem_id=f"{prefix}-editor",
                 )
                 with gr.Accordion("Upload a mask instead (white = repaint)", open=False):
-                    mask_upload = gr.Image(label="Mask", type="pil", image_mode="L", format="png", height=200)
+                    mask_upload = gr.Image(
+                        label="Mask", type="pil", image_mode="L", format="png", height=200, elem_id=f"{prefix}-mask"
+                    )
             prompt = gr.Textbox(
                 label="Prompt", lines=3, placeholder="a watercolor fox in a snowy forest", elem_id=f"{prefix}-prompt"
             )
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}-negative")
             with gr.Row():
-                sampler = gr.Dropdown(samplers, value=DEFAULT_SAMPLER, label="Sampler", scale=2, allow_custom_value=True)
+                sampler = gr.Dropdown(
+                    samplers, value=DEFAULT_SAMPLER, label="Sampler", scale=2, allow_custom_value=True,
+                    elem_id=f"{prefix}-sampler",
+                )
                 steps = FieldSlider(1, limits.max_steps, value=20, step=1, label="Steps", scale=3)
             with gr.Row():
                 width = FieldSlider(64, limits.max_width, value=512, step=8, label="Width")
