@@ -714,7 +714,6 @@ def create(
     plan = plan.validate(session=session)
     region = plan.region or ""
     say(step, f"region {region}, account {plan.account}, role {plan.role}, image {plan.image}")
-    say(step, describe_price(plan.instance_type, plan.mode, plan.min_instances, plan.max_instances))
 
     sm = aws_client("sagemaker", region, session=session)
     s3 = aws_client("s3", region, session=session)

@@ -685,6 +685,10 @@ def test_panel_deploy_use_and_delete(panel_app):
         image_uri="",
         region_name="",
     )
+    price = app.predict(kind="ml.g5.2xlarge", how="async", low=None, high=3, api_name="/deploy_price")
+    assert price.startswith("ml.g5.2xlarge: $1.515 per instance-hour")
+    assert "$0.00/h when idle (scales to zero), up to $4.54/h at 3 instance(s)" in price
+
     with pytest.raises(AppError, match="I accept the hourly cost"):
         app.predict(**args, accepted=False, api_name="/deploy_create")
     with pytest.raises(AppError, match="name: 'bad_name' is not a valid"):

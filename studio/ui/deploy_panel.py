@@ -239,8 +239,7 @@ def build_deploy_panel(on_use_endpoint: Callable[[str], str] | None) -> None:
             raise gr.Error(str(err), title="Endpoint not used") from None
 
     price_inputs = [instance_type, mode, min_instances, max_instances]
-    for component in price_inputs:
-        component.change(show_price, price_inputs, price, api_visibility="private", queue=False)
+    gr.on([component.change for component in price_inputs], show_price, price_inputs, price, api_name="deploy_price")
     deploy_button.click(
         create_endpoint,
         [name, model, instance_type, mode, min_instances, max_instances, bucket, prefix, role, image, region, accept],
