@@ -92,8 +92,8 @@ class ModelSource:
     """Where a model comes from. `kind` is "demo", "diffusers", "single_file" or "hub"."""
 
     kind: str
-    location: str  # a path, a hub id, or "demo"
-    name: str  # display name: folder / file stem, hub id, or "demo"
+    location: str  # a path, a hub id, or "demo" / "demo-inpaint"
+    name: str  # display name: folder / file stem ("sub/stem" in a subfolder), hub id, or "demo"
 
     @property
     def is_demo(self) -> bool:
@@ -104,6 +104,8 @@ class ModelSource:
 
 
 DEMO_SOURCE = ModelSource(DEMO, DEMO, DEMO)
+DEMO_INPAINT = "demo-inpaint"
+DEMO_INPAINT_SOURCE = ModelSource(DEMO, DEMO_INPAINT, DEMO_INPAINT)  # the demo's 9-channel inpainting variant
 
 
 def cache_dir() -> Path:
@@ -172,8 +174,9 @@ def _looks_like_hub_id(spec: str) -> bool:
 def resolve_model(spec: str | None, models_dir: Path) -> ModelSource:
     """Turn what the user typed (flag, env, UI) into a ModelSource; raise ModelLoadError if it names nothing.
 
-    None/"" -> the first model in `models_dir`, else the demo; "demo" -> the demo; a diffusers folder or a
-    .safetensors/.ckpt file (also relative to `models_dir`); the name of a discovered model; or a hub id "owner/name".
+    None/"" -> the first model in `models_dir`, else the demo; "demo" -> the demo ("demo-inpaint": its 9-channel
+    inpainting variant); a diffusers folder or a .safetensors/.ckpt file (also relative to `models_dir`); the name
+    of a discovered model; or a hub id "owner/name".
     """
     spec = (spec or "").strip()
     models_dir = Path(models_dir).expanduser()
@@ -185,21 +188,23 @@ def resolve_model(spec: str | None, models_dir: Path) -> ModelSource:
         return DEMO_SOURCE
     if spec.lower() == DEMO:
         return DEMO_SOURCE
+    if spec.lower() == DEMO_INPAINT:
+        return DEMO_INPAINT_SOURCE
 
     path = Path(spec).expanduser()
-    candidates = [path] if path.is_absolute() else [path, models_dir / path]
-    for candidate in candidates:
+    unsuitable: str | None = None  # an existing path that is not a model; reported unless a model name matches
+    for candidate in [path] if path.is_absolute() else [path, models_dir / path]:
         if candidate.is_dir():
             if (candidate / "model_index.json").is_file():
                 return ModelSource("diffusers", str(candidate.absolute()), candidate.name)
-            raise ModelLoadError(
+            unsuitable = unsuitable or (
                 f"{spec}: this folder is not a diffusers model (it has no model_index.json). "
                 "Point to a diffusers folder, or to a .safetensors/.ckpt file."
             )
-        if candidate.is_file():
+        elif candidate.is_file():
             if candidate.suffix.lower() in CHECKPOINT_SUFFIXES:
                 return ModelSource("single_file", str(candidate.absolute()), candidate.stem)
-            raise ModelLoadError(
+            unsuitable = unsuitable or (
                 f"{spec}: unsupported file type {candidate.suffix or '(none)'!r}; "
                 "single-file models must be .safetensors or .ckpt"
             )
@@ -211,14 +216,16 @@ def resolve_model(spec: str | None, models_dir: Path) -> ModelSource:
     folded = [s for s in found if s.name.lower() == spec.lower()]
     if len(folded) == 1:
         return folded[0]
+    if unsuitable:
+        raise ModelLoadError(unsuitable)
     if _looks_like_hub_id(spec):
         return ModelSource("hub", spec, spec)
 
     names = ", ".join(s.name for s in found[:20]) or "none found"
     raise ModelLoadError(
-        f"model {spec!r} not found. Accepted: 'demo' (the built-in tiny model); a diffusers folder (with "
-        f"model_index.json); a .safetensors or .ckpt file; the name of a model in {models_dir} ({names}); "
-        "or a Hugging Face hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'."
+        f"model {spec!r} not found. Accepted: 'demo' (the built-in tiny model; 'demo-inpaint' for inpainting); "
+        f"a diffusers folder (with model_index.json); a .safetensors or .ckpt file; the name of a model in "
+        f"{models_dir} ({names}); or a Hugging Face hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'."
     )
 
 
@@ -259,11 +266,22 @@ def _publish_dir(tmp: Path, target: Path) -> None:
         os.rename(tmp, target)
 
 
+def _current_umask() -> int:
+    try:  # Linux: read it without changing it (os.umask would briefly change it for all threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def _apply_umask(tree: Path) -> None:
     """mkdtemp/mkstemp create private (0700/0600) entries; give the finished tree the usual umask-based modes
     so e.g. a demo built as root in a container image stays readable by the serving user."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _current_umask()
     tree.chmod(0o777 & ~umask)
     for path in tree.rglob("*"):
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
@@ -306,7 +324,8 @@ def _clip_bpe_file() -> Path:
 
 def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP's 49,408-token vocabulary and 48,894 merges, built exactly as CLIP's own tokenizer builds them."""
-    lines = gzip.open(_clip_bpe_file()).read().decode("utf-8").split("\n")
+    with gzip.open(_clip_bpe_file()) as handle:
+        lines = handle.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     byte_chars = list(_bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
@@ -610,9 +629,9 @@ def shipped_config_dir(config: str) -> Path:
     return target
 
 
-def single_file_config_dir(path: Path) -> tuple[str, Path]:
+def single_file_config_dir(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[str, Path]:
     """(config type, local diffusers config folder) for loading the checkpoint at `path` fully offline."""
-    config = checkpoint_config_type(path)
+    config = checkpoint_config_type(path, shapes)
     if config in ("demo", "demo-inpaint"):
         return config, demo_model_dir(inpaint=config == "demo-inpaint")
     return config, shipped_config_dir(config)
@@ -665,9 +684,9 @@ def _load_single_file(path: Path, dtype: Any) -> DiffusionPipeline:
 
     if not path.is_file():
         raise ModelLoadError(f"{path}: file not found")
-    if path.suffix.lower() == ".ckpt":
-        _load_ckpt(path)  # validates: refuses pickled code before diffusers opens the file
-    config, config_dir = single_file_config_dir(path)
+    # Reading the shapes also validates a .ckpt: pickled code is refused before diffusers opens the file.
+    shapes = checkpoint_shapes(path)
+    config, config_dir = single_file_config_dir(path, shapes)
     logger.info("%s: single-file %s, config %s", path.name, CONFIG_DESCRIPTIONS.get(config, config), config_dir)
     pipeline_class = StableDiffusionXLPipeline if config.startswith("sdxl") else StableDiffusionPipeline
     kwargs: dict[str, Any] = {"config": str(config_dir), "local_files_only": True}
@@ -731,7 +750,8 @@ def load_pipeline(source: ModelSource, device: str = "cpu", dtype: Any = None) -
     try:
         torch_dtype = _torch_dtype(dtype)
         if source.kind == DEMO:
-            pipe = _load_pretrained(str(demo_model_dir()), torch_dtype, local_files_only=True)
+            folder = demo_model_dir(inpaint=source.location == DEMO_INPAINT)
+            pipe = _load_pretrained(str(folder), torch_dtype, local_files_only=True)
         elif source.kind == "diffusers":
             folder = Path(source.location)
             if not (folder / "model_index.json").is_file():
@@ -818,7 +838,7 @@ def model_hash(source: ModelSource) -> str:
     elif source.kind == "diffusers":
         files = _unet_weight_files(Path(source.location))
     elif source.kind == DEMO:
-        files = _unet_weight_files(demo_model_dir())
+        files = _unet_weight_files(demo_model_dir(inpaint=source.location == DEMO_INPAINT))
     elif source.kind == "hub":
         cached = _hub_cached_file(source.location, "unet/diffusion_pytorch_model.safetensors")
         files = [Path(cached)] if cached else []

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +95,11 @@ def test_demo_build_is_byte_identical_across_processes(tmp_path):
     ]
     for relative in weights:
         assert _sha256(here / relative) == _sha256(there / relative), relative
-    # Built atomically: nothing but the two finished folders is left behind.
+    # Built atomically: nothing but the two finished folders is left behind, readable per the umask.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli", "in-process"]
+    umask = models._current_umask()
+    assert (here / "unet").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (here / weights[1]).stat().st_mode & 0o777 == 0o666 & ~umask
     index = json.loads((here / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
     assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
@@ -128,11 +135,36 @@ def test_demo_loads_and_generates_deterministically(demo_pipe):
 
 
 def test_inpaint_demo_has_a_nine_channel_unet():
+    source = models.resolve_model("demo-inpaint", Path("no-models-here"))
+    assert source.is_demo and source.name == "demo-inpaint"
     folder = models.demo_model_dir(inpaint=True)
     assert folder != models.demo_model_dir()
-    pipe = models.load_pipeline(ModelSource("diffusers", str(folder), "demo-inpaint"))
+    pipe = models.load_pipeline(source)
     assert pipe.unet.config.in_channels == 9
     assert models.is_inpaint_unet(pipe)
+    unet_file = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    assert models.model_hash(source) == _sha256(unet_file)[:10] != models.model_hash(models.DEMO_SOURCE)
+
+
+def test_demo_model_dir_builds_once_under_concurrency(tmp_path, monkeypatch):
+    """Parallel callers (threads here; flock also serialises processes) build the demo exactly once."""
+    monkeypatch.setenv("STUDIO_CACHE", str(tmp_path / "cache"))
+    builds = []
+
+    def slow_fake_build(target: Path, inpaint: bool = False) -> Path:
+        builds.append(target)
+        time.sleep(0.3)  # long enough for the other threads to reach the lock
+        tmp = target.with_name(".building")
+        tmp.mkdir()
+        (tmp / "model_index.json").write_text("{}")
+        tmp.rename(target)
+        return target
+
+    monkeypatch.setattr(models, "build_demo", slow_fake_build)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: models.demo_model_dir(), range(4)))
+    assert builds == [tmp_path / "cache" / f"demo-{models.DEMO_VERSION}"]
+    assert results == builds * 4
 
 
 # --- resolve / discover -------------------------------------------------------------------------------------------
@@ -174,7 +206,7 @@ def test_discover_models_disambiguates_same_stem(tmp_path):
     assert [s.name for s in models.discover_models(tmp_path)] == ["m.ckpt", "m.safetensors"]
 
 
-def test_resolve_model_each_kind(tmp_path):
+def test_resolve_model_each_kind(tmp_path, monkeypatch):
     root = _models_dir(tmp_path)
     empty = tmp_path / "no-models"
     assert models.resolve_model(None, empty).is_demo
@@ -189,6 +221,9 @@ def test_resolve_model_each_kind(tmp_path):
     assert models.resolve_model("alpha.safetensors", root).kind == "single_file"  # relative to the models folder
     assert models.resolve_model("sdxl/gamma", root).location == str(root / "sdxl" / "gamma.safetensors")
     assert models.resolve_model("beta", root).name == "Beta"  # case-insensitive when unambiguous
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "alpha").mkdir()  # an unrelated folder in the working directory does not shadow a model name
+    assert models.resolve_model("alpha", root).kind == "single_file"
 
     hub = models.resolve_model("stabilityai/stable-diffusion-2-1", root)
     assert (hub.kind, hub.location, hub.name) == (
@@ -244,7 +279,7 @@ def test_single_ckpt_loads_back_identical(demo_pipe, tmp_path):
 
 
 def test_single_file_inpaint_demo_is_detected(tmp_path):
-    inpaint = models.load_pipeline(ModelSource("diffusers", str(models.demo_model_dir(inpaint=True)), "demo-inpaint"))
+    inpaint = models.load_pipeline(models.DEMO_INPAINT_SOURCE)
     path = write_safetensors(inpaint, tmp_path / "inpaint.safetensors")
     assert models.checkpoint_config_type(path) == "demo-inpaint"
     pipe = models.load_pipeline(models.resolve_model(str(path), tmp_path))
@@ -388,6 +423,24 @@ def test_hub_id_offline_and_not_cached_is_a_clear_error(monkeypatch):
     assert models.model_hash(source) == ""
 
 
+def test_hub_id_loads_offline_from_the_local_hf_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    # A hub cache entry as `hf download` leaves it: refs/main -> snapshots/<commit>/<files>.
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--studio-tests--tiny-demo"
+    shutil.copytree(models.demo_model_dir(), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = models.resolve_model("studio-tests/tiny-demo", tmp_path)
+    pipe = models.load_pipeline(source)
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert torch.equal(pipe.unet.conv_in.weight, models.load_pipeline(models.DEMO_SOURCE).unet.conv_in.weight)
+    assert models.model_hash(source) == models.model_hash(models.DEMO_SOURCE)
+
+
 def test_missing_diffusers_folder_is_a_model_load_error(tmp_path):
     with pytest.raises(ModelLoadError, match=r"^gone: .* \(no model_index\.json\)"):
         models.load_pipeline(ModelSource("diffusers", str(tmp_path / "gone"), "gone"))
@@ -432,3 +485,56 @@ def test_importing_studio_models_is_light():
     code = f"import sys, studio.models; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.skipif(
+    not os.environ.get("STUDIO_REAL_SIZE_TESTS"),
+    reason="opt-in (STUDIO_REAL_SIZE_TESTS=1): real-size random models; SDXL writes a 7 GB file and needs ~14 GB RAM",
+)
+@pytest.mark.parametrize("config", ["sd-v1", "sd-v2-768-v", "sdxl-base"])
+def test_real_size_single_file_round_trip(config, tmp_path):
+    """A real-size checkpoint in the original layout (random fp16 weights) loads offline with identical weights."""
+    import gc
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from tests.helpers.checkpoints import components_to_original
+
+    folder = models.CONFIGS_DIR / config
+    torch.manual_seed(0)
+
+    def random_fp16(module):
+        module = module.to_empty(device="cpu").half()
+        with torch.no_grad():
+            for param in module.parameters():
+                param.normal_(0, 0.02)
+        return module
+
+    def digests(module) -> dict[str, str]:
+        return {
+            key: hashlib.sha256(value.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+            for key, value in module.state_dict().items()
+        }
+
+    with torch.device("meta"):
+        parts = {
+            "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet")),
+            "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae")),
+            "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder")),
+        }
+        if (folder / "text_encoder_2").is_dir():
+            config_2 = CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder_2")
+            parts["text_encoder_2"] = CLIPTextModelWithProjection(config_2)
+    parts = {name: random_fp16(module) for name, module in parts.items()}
+    expected = {name: digests(module) for name, module in parts.items()}
+    path = tmp_path / f"{config}.safetensors"
+    save_file({k: v.contiguous() for k, v in components_to_original(**parts).items()}, str(path))
+    del parts
+    gc.collect()
+
+    assert models.checkpoint_config_type(path) == config
+    pipe = models.load_pipeline(models.resolve_model(str(path), tmp_path), dtype=torch.float16)
+    for name, want in expected.items():
+        assert digests(getattr(pipe, name)) == want, name

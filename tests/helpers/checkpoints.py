@@ -1,17 +1,19 @@
-"""Write a diffusers SD 1.x pipeline as an original-layout (A1111 / CompVis) single-file checkpoint, for tests.
+"""Write a diffusers SD pipeline as an original-layout (A1111 / CompVis) single-file checkpoint, for tests.
 
 diffusers ships only the other direction (single_file_utils converts original -> diffusers). This is its inverse
-for SD 1.x-shaped models of any width/depth (the tiny demo model included), in the spirit of diffusers'
+for SD 1.x / 2.x / XL-shaped models of any width/depth (the tiny demo model included), in the spirit of diffusers'
 scripts/convert_diffusers_to_original_stable_diffusion.py, but driven by the UNet/VAE configs instead of
 hard-coding SD 1.5's block layout:
 
 - UNet  -> model.diffusion_model.*  (input_blocks / middle_block / output_blocks, ldm resnet names)
 - VAE   -> first_stage_model.*      (down/up/mid.block_N, nin_shortcut, 1x1-conv attention weights)
-- CLIP  -> cond_stage_model.transformer.text_model.*
+- CLIP  -> cond_stage_model.transformer.text_model.* (SD 1.x), cond_stage_model.model.* (OpenCLIP, SD 2.x),
+           conditioner.embedders.0.transformer.* + conditioner.embedders.1.model.* (SDXL)
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -130,27 +132,104 @@ def vae_to_original(state: dict[str, torch.Tensor], config: dict[str, Any]) -> d
     return out
 
 
-def text_encoder_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def text_encoder_to_original(
+    state: dict[str, torch.Tensor], prefix: str = "cond_stage_model.transformer."
+) -> dict[str, torch.Tensor]:
+    """OpenAI CLIP (SD 1.x; SDXL's first encoder with prefix conditioner.embedders.0.transformer.)."""
     out = {}
     for key, value in state.items():
         key = key.removeprefix("text_model.")  # transformers < 5.6 nests the weights under text_model
-        out[f"cond_stage_model.transformer.text_model.{key}"] = value
+        out[f"{prefix}text_model.{key}"] = value
     # Real SD 1.x files carry the position_ids buffer too; loaders must ignore it.
-    positions = out["cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"].shape[0]
-    out["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(positions)[None]
+    positions = out[f"{prefix}text_model.embeddings.position_embedding.weight"].shape[0]
+    out[f"{prefix}text_model.embeddings.position_ids"] = torch.arange(positions)[None]
     return out
 
 
-def pipeline_to_original(pipe: Any) -> dict[str, torch.Tensor]:
-    """The whole SD 1.x pipeline as one original-layout state dict (contiguous CPU tensors)."""
+_OPEN_CLIP_LAYER = [  # (transformers, open_clip) inside one encoder layer
+    ("self_attn.out_proj", "attn.out_proj"),
+    ("layer_norm1", "ln_1"),
+    ("layer_norm2", "ln_2"),
+    ("mlp.fc1", "mlp.c_fc"),
+    ("mlp.fc2", "mlp.c_proj"),
+]
+
+
+def open_clip_to_original(
+    state: dict[str, torch.Tensor], prefix: str = "cond_stage_model.model.", extra_layer: bool = False
+) -> dict[str, torch.Tensor]:
+    """OpenCLIP layout (SD 2.x with the default prefix; SDXL's second encoder: conditioner.embedders.1.model.).
+
+    q/k/v are fused into in_proj_*, the projection is stored transposed. `extra_layer` adds the unused last
+    layer SD 2.x files carry (SD 2 conditions on the penultimate layer; diffusers' config has one layer less).
+    """
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        key = key.removeprefix("text_model.")
+        layer = re.match(r"encoder\.layers\.(\d+)\.(.+)", key)
+        if key == "embeddings.token_embedding.weight":
+            out[prefix + "token_embedding.weight"] = value
+        elif key == "embeddings.position_embedding.weight":
+            out[prefix + "positional_embedding"] = value
+        elif key.startswith("final_layer_norm."):
+            out[prefix + "ln_final." + key.rsplit(".", 1)[1]] = value
+        elif key == "text_projection.weight":
+            out[prefix + "text_projection"] = value.T.contiguous()
+        elif layer:
+            index, rest = layer.groups()
+            fused = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)$", rest)
+            if fused:
+                qkv.setdefault((index, fused.group(2)), {})[fused.group(1)] = value
+                continue
+            for ours, theirs in _OPEN_CLIP_LAYER:
+                rest = rest.replace(ours, theirs)
+            out[f"{prefix}transformer.resblocks.{index}.{rest}"] = value
+        else:
+            raise KeyError(f"no open_clip name for text encoder weight {key}")
+    for (index, kind), parts in qkv.items():
+        out[f"{prefix}transformer.resblocks.{index}.attn.in_proj_{kind}"] = torch.cat(
+            [parts["q"], parts["k"], parts["v"]]
+        )
+    if extra_layer:
+        last = max(int(k.split(".resblocks.")[1].split(".")[0]) for k in out if ".resblocks." in k)
+        for key in [k for k in out if f".resblocks.{last}." in k]:
+            out[key.replace(f".resblocks.{last}.", f".resblocks.{last + 1}.")] = torch.randn_like(out[key])
+        width = out[prefix + "positional_embedding"].shape[1]
+        out.setdefault(
+            prefix + "text_projection", torch.randn(width, width, dtype=out[prefix + "positional_embedding"].dtype)
+        )
+    return out
+
+
+def components_to_original(
+    unet: Any, vae: Any, text_encoder: Any, text_encoder_2: Any = None
+) -> dict[str, torch.Tensor]:
+    """SD 1.x / 2.x / XL components as one original-layout state dict (tensors shared, not copied).
+
+    The text encoder layout follows the family: SDXL when `text_encoder_2` is given; OpenCLIP (SD 2.x) when the
+    encoder uses gelu (OpenAI CLIP uses quick_gelu); else OpenAI CLIP (SD 1.x).
+    """
     state: dict[str, torch.Tensor] = {}
-    unet = unet_to_original(pipe.unet.state_dict(), dict(pipe.unet.config))
-    state.update({f"model.diffusion_model.{k}": v for k, v in unet.items()})
-    vae = vae_to_original(pipe.vae.state_dict(), dict(pipe.vae.config))
-    state.update({f"first_stage_model.{k}": v for k, v in vae.items()})
-    state.update(text_encoder_to_original(pipe.text_encoder.state_dict()))
+    unet_state = unet_to_original(unet.state_dict(), dict(unet.config))
+    state.update({f"model.diffusion_model.{k}": v for k, v in unet_state.items()})
+    vae_state = vae_to_original(vae.state_dict(), dict(vae.config))
+    state.update({f"first_stage_model.{k}": v for k, v in vae_state.items()})
+    if text_encoder_2 is not None:
+        state.update(text_encoder_to_original(text_encoder.state_dict(), "conditioner.embedders.0.transformer."))
+        state.update(open_clip_to_original(text_encoder_2.state_dict(), "conditioner.embedders.1.model."))
+    elif text_encoder.config.hidden_act == "gelu":
+        state.update(open_clip_to_original(text_encoder.state_dict(), extra_layer=True))
+    else:
+        state.update(text_encoder_to_original(text_encoder.state_dict()))
     # Training leftovers present in real checkpoints; loaders must ignore them.
     state["alphas_cumprod"] = torch.linspace(0.999, 0.005, 1000)
+    return state
+
+
+def pipeline_to_original(pipe: Any) -> dict[str, torch.Tensor]:
+    """A whole pipeline as one original-layout state dict (contiguous CPU copies)."""
+    state = components_to_original(pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
