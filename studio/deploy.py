@@ -268,10 +268,6 @@ def default_image(region: str) -> str:
     return f"{account}.dkr.ecr.{region}.{domain}/{DEFAULT_DLC}"
 
 
-def _is_dlc(image: str) -> bool:
-    return "/pytorch-inference:" in image
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # The plan
 

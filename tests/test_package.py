@@ -82,6 +82,18 @@ def test_single_file_and_hub_models(tmp_path):
     assert deploy.model_environment(hub)["STUDIO_MODEL"] == "stabilityai/sd-turbo"
 
 
+def test_package_cli(tmp_path, capsys):
+    checkpoint = tmp_path / "m.safetensors"
+    checkpoint.write_bytes(b"weights")
+    out = tmp_path / "out" / "model.tar.gz"
+    assert deploy.main(["package", "--model", str(checkpoint), "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    with tarfile.open(out) as tar:
+        assert "m.safetensors" in tar.getnames()
+    assert deploy.main(["package", "--model", str(tmp_path / "missing-folder/"), "--out", str(out)]) == 1
+    assert "model:" in capsys.readouterr().out
+
+
 RUNNER = textwrap.dedent(
     """
     import base64, io, json, sys
