@@ -356,7 +356,7 @@ def test_installed_package_imports_and_has_the_serve_script(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(target)
     check = (
-        "import studio.serving, studio.wire, studio.sagemaker_inference, sys; "
+        "import studio.serving, studio.wire, studio.remote, studio.sagemaker_inference, sys; "
         "assert 'torch' not in sys.modules; print(studio.serving.__file__)"
     )
     out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True)
