@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import fnmatch
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -304,65 +307,84 @@ def test_settings_from_env_parse_explicitly():
             ServingSettings.from_env(env)
 
 
+def _docker_context(tmp_path: Path) -> Path:
+    """Copy what the Dockerfile's COPY lines take from the repo, minus .dockerignore, into a fresh build context."""
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def ignored(rel: str) -> bool:
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        return any(fnmatch.fnmatch(p, pattern) for p in prefixes for pattern in patterns)
+
+    context = tmp_path / "context"
+    context.mkdir()
+    copies = [line.split()[1:-1] for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")]
+    for sources in copies:
+        for source in sources:
+            assert not ignored(source), f"{source} is copied by the Dockerfile but excluded by .dockerignore"
+            path = REPO / source
+            files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+            for file in files:
+                rel = file.relative_to(REPO).as_posix()
+                if not ignored(rel):
+                    (context / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(file, context / rel)
+    return context
+
+
+def test_dockerfile_matches_the_project():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    torch_pin = re.search(r"^torch==(\S+)", (REPO / "requirements.txt").read_text(), re.M).group(1)
+    assert f"ARG TORCH_VERSION={torch_pin}" in dockerfile
+    assert re.search(r"^EXPOSE 8080$", dockerfile, re.M)
+    assert re.search(r'^ENTRYPOINT \["serve"\]$', dockerfile, re.M)
+    assert 'serve = "studio.serving:serve_main"' in (REPO / "pyproject.toml").read_text()
+
+
 @pytest.mark.slow
-def test_serve_entry_point_in_a_process_with_a_sagemaker_model_dir(tmp_path):
-    """`serve` as SageMaker runs it: leading "serve", model from SM_MODEL_DIR (a diffusers folder + code/)."""
+def test_docker_build_context_installs_and_serve_runs_like_sagemaker(tmp_path):
+    """What the image does, without Docker: install the package from the Dockerfile's build context (deps are in
+    the venv already), then run the installed `serve` script the way SageMaker does (`serve` argument, model in
+    SM_MODEL_DIR next to a code/ folder) and generate through it."""
     from helpers.servers import free_port
 
     from studio.models import demo_model_dir
 
+    context = _docker_context(tmp_path)
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site)]
+    subprocess.run([*pip, str(context)], check=True, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    script = site / "bin" / "serve"
+    assert script.is_file()
+
     model_dir = tmp_path / "opt-ml-model"
-    os.symlink(demo_model_dir(), model_dir)
+    (model_dir / "code").mkdir(parents=True)
+    for item in demo_model_dir().iterdir():
+        (model_dir / item.name).symlink_to(item)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "STUDIO_MODEL")}
+    env.update(PYTHONPATH=str(site), SM_MODEL_DIR=str(model_dir), **SINGLE_THREAD_ENV)
+    check = (
+        "import studio.serving, studio.remote, sys; assert 'torch' not in sys.modules; print(studio.serving.__file__)"
+    )
+    out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()).is_relative_to(site)  # the installed copy, not the repo
+
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SM_MODEL_DIR": str(model_dir), **SINGLE_THREAD_ENV}
-    env.pop("STUDIO_MODEL", None)
     log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        code = f"import sys; sys.argv=['serve','serve','--host','127.0.0.1','--port','{port}','--device','cpu']; "
-        code += "from studio.serving import serve_main; serve_main()"
-        process = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=out, stderr=out)
+    with open(log, "wb") as sink:
+        command = [sys.executable, str(script), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=sink, stderr=sink)
     try:
-        body = wait_for(f"http://127.0.0.1:{port}/ping", timeout=120, alive=lambda: process.poll() is None).json()
-        assert body["status"] == "ok"
+        alive = lambda: process.poll() is None  # noqa: E731
+        assert wait_for(f"http://127.0.0.1:{port}/ping", timeout=120, alive=alive).json()["status"] == "ok"
         response = requests.post(f"http://127.0.0.1:{port}/invocations", json=VALID, timeout=60)
-        assert response.status_code == 200 and len(response.json()["images"]) == 1
+        assert response.status_code == 200 and decode_png(response.json()["images"][0]).size == (64, 64)
     finally:
         process.terminate()
         process.wait(timeout=20)
     assert f"serving {model_dir}" in log.read_text()
-
-
-@pytest.mark.slow
-def test_installed_package_imports_and_has_the_serve_script(tmp_path):
-    """`pip install .` (as the Dockerfile does, no deps) gives an importable studio.serving and a `serve` script."""
-    target = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            ".",
-        ],
-        cwd=REPO,
-        check=True,
-        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = str(target)
-    check = (
-        "import studio.serving, studio.wire, studio.remote, studio.sagemaker_inference, sys; "
-        "assert 'torch' not in sys.modules; print(studio.serving.__file__)"
-    )
-    out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert Path(out.stdout.strip()).is_relative_to(target)
-    script = target / "bin" / "serve"
-    assert script.is_file()
-    helped = subprocess.run([sys.executable, str(script), "serve", "--help"], env=env, capture_output=True, text=True)
-    assert helped.returncode == 0 and "--model" in helped.stdout, helped.stderr
