@@ -23,8 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
 REGION = "us-east-1"
 RESOURCE_ID = "endpoint/{}/variant/AllTraffic"
-HAS_INFERENCE = (REPO / "studio" / "sagemaker_inference.py").is_file()
-needs_inference = pytest.mark.skipif(not HAS_INFERENCE, reason="studio/sagemaker_inference.py not written yet")
 
 
 @pytest.fixture
@@ -87,7 +85,6 @@ def recorder() -> tuple[list[tuple[str, str]], Any]:
 # Lifecycle
 
 
-@needs_inference
 def test_async_lifecycle_scales_to_zero_and_delete_leaves_nothing(aws, allow_g5, tiny_model):  # noqa: F811
     events, progress = recorder()
     plan = DeployPlan(name="sd-async", model=str(tiny_model), mode="async", max_instances=2, role=ROLE)
@@ -199,7 +196,6 @@ def test_async_lifecycle_scales_to_zero_and_delete_leaves_nothing(aws, allow_g5,
     assert "nothing to delete" in again.summary()
 
 
-@needs_inference
 def test_realtime_lifecycle_with_hub_model(aws):  # noqa: F811
     plan = DeployPlan(
         name="sd-rt",
@@ -451,8 +447,6 @@ def test_rollback_when_create_endpoint_fails(aws, monkeypatch, tiny_model):  # n
         raise ValidationError(message="injected: capacity not available")
 
     monkeypatch.setattr(SageMakerModelBackend, "create_endpoint", fail)
-    if not HAS_INFERENCE:
-        pytest.skip("studio/sagemaker_inference.py not written yet")
     events, progress = recorder()
     plan = DeployPlan(name="sd-fail", model=str(tiny_model), instance_type="ml.g4dn.xlarge", role=ROLE)
     with pytest.raises(DeployError) as caught:
@@ -752,8 +746,6 @@ def test_panel_shows_deploy_failures(panel_app, monkeypatch):
     assert_nothing_left()
 
 
-@pytest.mark.skipif(not (REPO / "studio" / "remote.py").is_file(), reason="studio/remote.py not written yet")
-@needs_inference
 def test_settings_tab_deploy_use_delete_in_the_real_app(aws, tmp_path, monkeypatch):  # noqa: F811
     """As a new user: in the studio's own Settings tab, deploy the demo model, switch to it, then delete it."""
     from gradio_client import Client

@@ -21,7 +21,6 @@ from studio.deploy import DeployPlan
 
 REPO = Path(__file__).resolve().parents[1]
 INFERENCE = REPO / "studio" / "sagemaker_inference.py"
-pytestmark = pytest.mark.skipif(not INFERENCE.is_file(), reason="studio/sagemaker_inference.py not written yet")
 
 
 @pytest.fixture(scope="module")
