@@ -304,3 +304,55 @@ def test_async_timeout_and_cancel(aws):
     threading.Timer(0.3, cancel.set).start()
     with pytest.raises(GenerationCancelled):
         engine.generate(REQUEST, cancel=cancel)
+
+
+# ---- the studio app on a remote backend: all three tabs -------------------------------------------------------
+def _studio(tmp_path, *args: str):
+    from app import launch
+    from studio.config import load_settings
+
+    port = free_port()
+    argv = ["--port", str(port), "--outputs", str(tmp_path / "outputs"), "--models-dir", str(tmp_path / "models")]
+    blocks, controller = launch(load_settings([*argv, *args], environ={}), prevent_thread_lock=True)
+    return blocks, f"http://127.0.0.1:{port}/"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "backend"),
+    [
+        (("--backend", "http", "--url", "{url}"), "http"),
+        (("--backend", "sagemaker", "--endpoint", "sd-realtime"), "sagemaker"),
+        (("--backend", "sagemaker", "--endpoint", "sd-async"), "sagemaker"),
+    ],
+    ids=["http", "sagemaker-realtime", "sagemaker-async"],
+)
+def test_studio_generates_in_all_three_tabs_on_a_remote_backend(
+    aws, serving_process, local_engine, tmp_path, args, backend
+):
+    gradio_client = pytest.importorskip("gradio_client")
+    args = tuple(a.format(url=serving_process.url) for a in args)
+    blocks, url = _studio(tmp_path, *args)
+    client = gradio_client.Client(url, verbose=False)
+    try:
+        params = dict(prompt="a red fox", negative_prompt="", sampler="euler_a", steps=2, cfg_scale=7, seed=77)
+        params.update(width=64, height=64, count=1)
+        gallery, info = client.predict(*params.values(), api_name="/txt2img")
+        assert info["backend"] == backend and info["seeds"] == [77]
+        shown = gallery[0]["image"] if isinstance(gallery[0]["image"], str) else gallery[0]["image"]["path"]
+        expected = local_engine.generate(GenerationRequest(**{**params, "sampler": "Euler a"}))
+        assert Image.open(shown).convert("RGB").tobytes() == expected.images[0].tobytes()
+
+        src, mask = tmp_path / "src.png", tmp_path / "mask.png"
+        gradient(64, 64).save(src)
+        painted = Image.new("L", (64, 64), 0)
+        painted.paste(255, (0, 0, 32, 32))
+        painted.save(mask)
+        handle = gradio_client.handle_file
+        _, info = client.predict(handle(str(src)), *params.values(), 0.5, api_name="/img2img")
+        assert info["task"] == "img2img" and info["backend"] == backend
+        _, info = client.predict(handle(str(src)), handle(str(mask)), *params.values(), 1.0, api_name="/inpaint")
+        assert info["task"] == "inpaint" and info["backend"] == backend
+    finally:
+        client.close()
+        blocks.close()
