@@ -164,12 +164,29 @@ def launch(settings: Settings, *, prevent_thread_lock: bool = False):
     return blocks, controller
 
 
+def warn_about_running_endpoints(controller) -> None:
+    """Deployed endpoints cost money while they run: say so at start (only when AWS credentials are set up)."""
+    from studio.config import parse_bool
+
+    if not parse_bool("STUDIO_CHECK_ENDPOINTS", os.environ.get("STUDIO_CHECK_ENDPOINTS", "true")):
+        return
+    from studio.deploy import running_endpoints_warning
+
+    notice = running_endpoints_warning()
+    if notice:
+        logger.warning("%s", notice)
+        controller.notices.append(notice)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         settings = load_settings(argv)
-        launch(settings)
+        check_exposure(settings)
+        blocks, controller = launch(settings, prevent_thread_lock=True)
+        threading.Thread(target=warn_about_running_endpoints, args=(controller,), daemon=True).start()
+        blocks.block_thread()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

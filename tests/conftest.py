@@ -15,3 +15,5 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
+# The studio's start-up check for running SageMaker endpoints must not look for a real AWS account in tests.
+os.environ["STUDIO_CHECK_ENDPOINTS"] = "false"

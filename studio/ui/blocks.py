@@ -57,6 +57,8 @@ def build_ui(controller: StudioController, limits: Limits | None = None) -> gr.B
             from studio.ui.settings_tab import status_markdown
 
             current = controller.status()
+            for notice in controller.notices:
+                gr.Warning(notice, duration=None)
             return banner_update(current), status_markdown(current)
 
         demo.load(on_load, None, [banner, settings_status], api_visibility="private", queue=False)

@@ -28,6 +28,7 @@ class StudioController:
     engine_factory: EngineFactory | None = None
     list_models: Callable[[], list[str]] = field(default=lambda: [])
     list_endpoints: Callable[[], list[str]] | None = None
+    notices: list[str] = field(default_factory=list)  # shown to each browser on page load (e.g. running endpoints)
     _tokens: dict[str, threading.Event] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
