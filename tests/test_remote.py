@@ -3,14 +3,19 @@ SageMaker control plane) plus a local stand-in for the SageMaker runtime API tha
 
 from __future__ import annotations
 
+import io
 import random
+import subprocess
+import sys
 import threading
 import time
 
 import boto3
 import pytest
+import requests
 from helpers.sagemaker_standin import SageMakerRuntimeStandin
 from helpers.servers import (
+    REPO,
     FakeEngine,
     MotoServer,
     ServingProcess,
@@ -23,7 +28,7 @@ from PIL import Image
 
 from studio import remote
 from studio.engine import EngineError, EngineNotReady, GenerationCancelled
-from studio.remote import Backoff, HttpTransport, SageMakerAsync, SageMakerRealtime
+from studio.remote import Backoff, HttpTransport, RemoteEngine, SageMakerAsync, SageMakerRealtime
 from studio.serving import ServingSettings, create_app
 from studio.types import GenerationRequest, RequestError
 
@@ -304,6 +309,46 @@ def test_async_timeout_and_cancel(aws):
     threading.Timer(0.3, cancel.set).start()
     with pytest.raises(GenerationCancelled):
         engine.generate(REQUEST, cancel=cancel)
+
+
+def test_invoking_a_missing_endpoint_is_a_clear_error(aws):
+    transport = SageMakerRealtime("ghost-endpoint", remote.make_runtime_client())
+    with pytest.raises(EngineError, match="^ghost-endpoint: Endpoint ghost-endpoint of account .* not found"):
+        RemoteEngine(transport).generate(REQUEST)
+
+
+def test_client_modules_import_without_torch_or_boto3():
+    code = (
+        "import sys, studio.remote, studio.wire, studio.serving; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'boto3', 'botocore') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_serving_reads_and_writes_s3_with_boto3(aws):
+    """The container side of S3: s3:// input images and S3 output, through boto3's standard resolution (moto)."""
+    s3 = aws["s3"]
+    source = io.BytesIO()
+    gradient(64, 48).save(source, format="PNG")
+    s3.put_object(Bucket=BUCKET, Key="inputs/src.png", Body=source.getvalue())
+    settings = ServingSettings(s3_output=f"s3://{BUCKET}/renders")
+    with UvicornThread(create_app(FakeEngine(loaded=True), settings=settings, load=False)) as server:
+        quick = {"prompt": "x", "steps": 2, "sampler": "euler_a", "seed": 1, "count": 2}
+        response = requests.post(
+            f"{server.url}/invocations", json={**quick, "input_image": f"s3://{BUCKET}/inputs/src.png"}
+        )
+        uris = response.json()["result"]
+        assert len(uris) == 2 and all(uri.startswith(f"s3://{BUCKET}/renders/") for uri in uris)
+        stored = s3.get_object(Bucket=BUCKET, Key=uris[0].removeprefix(f"s3://{BUCKET}/"))["Body"].read()
+        assert Image.open(io.BytesIO(stored)).size == (64, 48)
+
+        missing = requests.post(f"{server.url}/invocations", json={**quick, "input_image": f"s3://{BUCKET}/nope.png"})
+        assert missing.status_code == 400 and "does not exist" in missing.json()["error"]
+        bad_output = {**quick, "output_s3uri": "s3://no-such-bucket-here/x/"}
+        failed = requests.post(f"{server.url}/invocations", json=bad_output)
+        assert failed.status_code == 500 and "s3_output: could not write" in failed.json()["error"]
+        assert "NoSuchBucket" in failed.json()["error"]
 
 
 # ---- the studio app on a remote backend: all three tabs -------------------------------------------------------
