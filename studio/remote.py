@@ -76,7 +76,7 @@ def _error_message(exc: BaseException) -> str:
 def _container_error(text: str, status: int | None = None) -> Exception:
     """The serving app's error body ({"error", "field"} JSON, maybe followed by a traceback) as an exception.
 
-    A 400 naming a field becomes RequestError (bad input); everything else an EngineError with the message.
+    An error naming a field (the app's 400) becomes RequestError; everything else an EngineError with the message.
     """
     text = (text or "").strip()
     body: Any = None
@@ -89,7 +89,7 @@ def _container_error(text: str, status: int | None = None) -> Exception:
     if isinstance(body, dict) and "error" in body:
         message = str(body["error"])
         field_name = body.get("field")
-        if status == 400 and isinstance(field_name, str) and message.startswith(f"{field_name}: "):
+        if status in (None, 400) and isinstance(field_name, str) and message.startswith(f"{field_name}: "):
             return RequestError(field_name, None, message[len(field_name) + 2 :])
         return EngineError(message)
     snippet = text if len(text) <= 2000 else text[:2000] + "..."
@@ -226,7 +226,7 @@ class HttpTransport:
         base = url.rstrip("/")
         self.invocations_url = base if base.endswith("/invocations") else base + "/invocations"
         self.ping_url = self.invocations_url.rsplit("/", 1)[0] + "/ping"
-        self.target = wire._redact_url(base)
+        self.target = wire.redact_url(base)
         self.timeout = (connect_timeout, timeout)
         self._requests_session: Any = None
 
@@ -517,6 +517,8 @@ class SageMakerAsync:
                 text = self._fetch(failure)
                 if text is not None:
                     error = _container_error(text.decode("utf-8", errors="replace"))
+                    if isinstance(error, RequestError):
+                        raise error
                     raise EngineError(f"{self.endpoint}: async inference failed: {error}")
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled(f"stopped waiting; the endpoint may still write the result to {output}")

@@ -176,10 +176,10 @@ def _error(status: int, message: str, field_name: str | None = None) -> JSONResp
 
 
 class _LoadState:
+    """What the background load thread reports (engines also keep their own status)."""
+
     def __init__(self) -> None:
         self.error: str | None = None
-        self.started = False
-        self.finished = False
 
 
 def create_app(
@@ -203,12 +203,9 @@ def create_app(
             logger.error("model load failed; /ping will answer 503: %s", state.error)
         else:
             logger.info("model loaded in %.1fs; ready", time.perf_counter() - started)
-        finally:
-            state.finished = True
 
     async def lifespan(_app: FastAPI):
         if load and hasattr(engine, "load"):
-            state.started = True
             threading.Thread(target=load_model, name="model-load", daemon=True).start()
         yield
 

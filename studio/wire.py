@@ -111,7 +111,7 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _redact_url(url: str) -> str:
+def redact_url(url: str) -> str:
     """Drop user:password@ from a URL so it can appear in messages and logs."""
     return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", url)
 
@@ -218,7 +218,7 @@ def _read_s3(field: str, uri: str, s3_client: S3ClientSource) -> bytes:
 def _read_url(field: str, url: str) -> bytes:
     import requests
 
-    shown = _redact_url(url)
+    shown = redact_url(url)
     try:
         with requests.get(url, timeout=(5, 30), stream=True) as response:
             if response.status_code != 200:
@@ -254,7 +254,7 @@ def _image_bytes(field: str, value: Any, *, allow_urls: bool, s3_client: S3Clien
         if not allow_urls:
             raise RequestError(
                 field,
-                _redact_url(text),
+                redact_url(text),
                 "http(s) image URLs are disabled on this server; send base64, a data URL or an s3:// URI",
             )
         return _read_url(field, text)

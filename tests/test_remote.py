@@ -49,8 +49,9 @@ def gradient(width: int, height: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def serving_process():
-    process = ServingProcess(model="demo").start(wait=False)  # loads while the local engine loads
+def serving_started():
+    """`python -m studio.serving --model demo`, started but not waited for (it loads while other fixtures set up)."""
+    process = ServingProcess(model="demo").start(wait=False)
     try:
         yield process
     finally:
@@ -58,13 +59,17 @@ def serving_process():
 
 
 @pytest.fixture(scope="module")
-def local_engine(serving_process):
+def serving_process(serving_started):
+    return serving_started.wait_ready()
+
+
+@pytest.fixture(scope="module")
+def local_engine(serving_started):
     from studio.local_engine import LocalEngine
 
     with single_threaded_torch():
         engine = LocalEngine("demo", device="cpu")
         engine.load()
-        serving_process.wait_ready()
         yield engine
 
 
@@ -274,6 +279,11 @@ def test_model_error_surfaces_the_container_message(aws):
 
 def test_container_400_through_sagemaker_is_a_request_error(aws):
     transport = remote.sagemaker_engine("sd-realtime").transport
+    with pytest.raises(RequestError) as caught:
+        transport.invoke({"prompt": "x", "num_inference_steps": 0}, total=1, on_progress=None, cancel=None)
+    assert caught.value.field == "steps"
+    transport = remote.sagemaker_engine("sd-async").transport  # async: the failure file carries the 400
+    transport.poll = Backoff(first=0.05, maximum=0.2)
     with pytest.raises(RequestError) as caught:
         transport.invoke({"prompt": "x", "num_inference_steps": 0}, total=1, on_progress=None, cancel=None)
     assert caught.value.field == "steps"
