@@ -98,9 +98,9 @@ INSTANCE_PRICES: dict[str, float] = {
 }
 
 # Runtime requirements the PyTorch DLC lacks. torch (and torchvision/torchaudio) come with the DLC and must not be
-# reinstalled; gradio and the CLIP vocabulary package are studio/test-only. Used when the repo's requirements.txt is
-# not next to the package (installed wheel).
-_CONTAINER_EXCLUDE = {"torch", "torchvision", "torchaudio", "gradio", "gradio-client", "openai-clip", "playwright"}
+# reinstalled; gradio is studio-only. openai-clip stays: it carries the CLIP BPE vocabulary that single-file
+# checkpoints need to build their tokenizer offline. Used when the repo's requirements.txt is not next to the package.
+_CONTAINER_EXCLUDE = {"torch", "torchvision", "torchaudio", "gradio", "gradio-client", "playwright"}
 _FALLBACK_REQUIREMENTS = [
     "diffusers==0.42.1",
     "transformers==5.23.0",
@@ -111,6 +111,7 @@ _FALLBACK_REQUIREMENTS = [
     "scipy==1.17.1",
     "torchsde==0.2.6",
     "boto3==1.44.5",
+    "openai-clip==1.0.1",
 ]
 
 ProgressCallback = Callable[[str, str], None]  # (step name, message)
