@@ -30,7 +30,9 @@ serve: install
 	$(PY) -m studio.serving --host 127.0.0.1 --port 8080 $(ARGS)
 
 test: install-dev
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(ARGS)
+	# One torch thread per process: tests run servers beside the test process, and 2 threads on 2 shared cores
+	# thrash (10-50x slower, identical pixels).
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q $(ARGS)
 
 bench: install-dev
 	HF_HUB_OFFLINE=1 $(PY) -m bench $(ARGS)
