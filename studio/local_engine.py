@@ -87,6 +87,7 @@ class LocalEngine:
         self._loaded: _Loaded | None = None
         self._loading: str | None = None
         self._error: str | None = None
+        self._loading_demo = False
         self._idle = threading.Condition(self._state_lock)  # notified when a load ends
 
     # ---- loading -------------------------------------------------------------------------------------------------
@@ -101,10 +102,14 @@ class LocalEngine:
         inpaint_spec = self.inpaint_model_spec if inpaint_model is None else inpaint_model
         with self._state_lock:
             self._loading = spec or "default model"
+            self._loading_demo = False
             self._error = None
         started = time.perf_counter()
         try:
-            loaded = self._load(models, spec, inpaint_spec)
+            source = models.resolve_model(spec, self.models_dir)
+            with self._state_lock:  # show the real name (and the demo banner) while the weights load
+                self._loading, self._loading_demo = source.name, source.is_demo
+            loaded = self._load(models, source, inpaint_spec)
         except Exception as exc:  # any failure becomes a named load error; the app keeps running
             err = exc if isinstance(exc, ModelLoadError) else ModelLoadError(f"{spec or 'default model'}: {exc}")
             with self._state_lock:
@@ -128,11 +133,10 @@ class LocalEngine:
             time.perf_counter() - started,
         )
 
-    def _load(self, models: Any, spec: str | None, inpaint_spec: str | None) -> _Loaded:
+    def _load(self, models: Any, source: Any, inpaint_spec: str | None) -> _Loaded:
         from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
         device, dtype = pick_device(self.device_request)
-        source = models.resolve_model(spec, self.models_dir)
         base = models.load_pipeline(source, device=device, dtype=dtype)
         pipes: dict[Task, Any] = {}
         if models.is_inpaint_unet(base):
@@ -160,7 +164,11 @@ class LocalEngine:
             loaded, loading, error = self._loaded, self._loading, self._error
         if loaded is None:
             return EngineStatus(
-                backend="local", model=loading or (self.model_spec or ""), loading=loading is not None, error=error
+                backend="local",
+                model=loading or (self.model_spec or ""),
+                loading=loading is not None,
+                error=error,
+                is_demo=loading is not None and self._loading_demo,
             )
         details = {"source": loaded.source.kind, "location": str(loaded.source.location)}
         if loaded.inpaint_source is not None:

@@ -12,7 +12,7 @@ from studio.ui.controller import StudioController
 from studio.ui.generate_tabs import GenerationWidgets, build_generation_tab
 from studio.ui.history_tab import build_history_tab
 from studio.ui.pnginfo_tab import build_pnginfo_tab
-from studio.ui.settings_tab import DEMO_BANNER, banner_update, build_settings_tab
+from studio.ui.settings_tab import DEMO_BANNER, banner_update, build_settings_tab, status_markdown
 
 TAB_IDS = {Task.TXT2IMG: "tab-txt2img", Task.IMG2IMG: "tab-img2img", Task.INPAINT: "tab-inpaint"}
 TAB_NAMES = {Task.TXT2IMG: "Text to image", Task.IMG2IMG: "Image to image", Task.INPAINT: "Inpaint"}
@@ -53,15 +53,26 @@ def build_ui(controller: StudioController, limits: Limits | None = None) -> gr.B
         )
         history_tab.select(refresh_history, None, [history_gallery, history_details], api_visibility="private")
 
-        def on_load() -> tuple[Any, str]:
-            from studio.ui.settings_tab import status_markdown
-
+        def current_status() -> tuple[Any, str]:
             current = controller.status()
-            for notice in controller.notices:
-                gr.Warning(notice, duration=None)
             return banner_update(current), status_markdown(current)
 
+        def on_load() -> tuple[Any, str]:
+            for notice in controller.notices:
+                gr.Warning(notice, duration=None)
+            return current_status()
+
         demo.load(on_load, None, [banner, settings_status], api_visibility="private", queue=False)
+
+        # While a model loads, keep the banner and Settings status current; the timer stops once it is done.
+        poll = gr.Timer(2.0, active=status.loading or not status.loaded)
+
+        def on_tick() -> tuple[Any, str, Any]:
+            banner_value, status_value = current_status()
+            current = controller.status()
+            return banner_value, status_value, gr.Timer(active=current.loading)
+
+        poll.tick(on_tick, None, [banner, settings_status, poll], api_visibility="private", queue=False)
     demo.queue(default_concurrency_limit=4)
     return demo
 

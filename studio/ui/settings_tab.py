@@ -23,11 +23,11 @@ DEMO_BANNER = (
 
 def status_markdown(status: EngineStatus) -> str:
     if status.loading:
-        state = f"⏳ loading {status.model}…"
+        state = f"loading {status.model}…"
     elif status.loaded:
-        state = "✅ loaded"
+        state = "loaded"
     else:
-        state = "❌ not loaded"
+        state = "not loaded"
     lines = [
         f"**Backend:** {status.backend}",
         f"**Model:** {status.model or '—'}{' (demo: untrained, random weights)' if status.is_demo else ''}",
@@ -49,12 +49,12 @@ def build_settings_tab(controller: StudioController, banner: gr.Markdown) -> gr.
     status_box = gr.Markdown(status_markdown(controller.status()), elem_id="settings-status")
     refresh = gr.Button("Refresh status", size="sm")
 
+    gr.Markdown("### Model (local backend)")
     with gr.Group():
-        gr.Markdown("### Model (local backend)")
         with gr.Row():
             model = gr.Dropdown(
                 choices=controller.list_models(),
-                value=None,
+                value=controller.status().model or None,
                 allow_custom_value=True,
                 label="Model: a discovered model, a path, a hub id or 'demo'",
                 scale=4,
@@ -63,8 +63,8 @@ def build_settings_tab(controller: StudioController, banner: gr.Markdown) -> gr.
             rescan = gr.Button("Rescan ./models", size="sm", scale=0)
             load = gr.Button("Load", variant="primary", scale=0, elem_id="settings-load")
 
+    gr.Markdown("### Backend")
     with gr.Group():
-        gr.Markdown("### Backend")
         with gr.Row():
             backend = gr.Radio(["local", "http", "sagemaker"], value=controller.status().backend, label="Backend")
             target = gr.Dropdown(
