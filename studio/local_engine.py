@@ -57,7 +57,9 @@ def pick_device(requested: str) -> tuple[str, Any]:
     if requested not in ("auto", "cuda", "cpu"):
         raise ModelLoadError(f"device: expected auto, cuda or cpu, got {requested!r}")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("device: cuda was requested but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+        raise ModelLoadError(
+            "device: cuda was requested but torch sees no CUDA GPU (torch.cuda.is_available() is False)"
+        )
     if requested in ("auto", "cuda") and torch.cuda.is_available():
         return "cuda", torch.float16
     return "cpu", torch.float32
@@ -308,7 +310,12 @@ class LocalEngine:
             loaded.model_hash = models.model_hash(loaded.source)
         seeds = request.seeds()
         result = GenerationResult(
-            images=[], seeds=[], infotexts=[], request=request, model=loaded.source.name, backend="local",
+            images=[],
+            seeds=[],
+            infotexts=[],
+            request=request,
+            model=loaded.source.name,
+            backend="local",
             warnings=warnings,
         )
         per_image = _expected_steps(request)
@@ -323,7 +330,9 @@ class LocalEngine:
             call_pipe.set_progress_bar_config(disable=True)
             last: dict[str, Any] = {}
 
-            def on_step(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any], index: int = index) -> dict[str, Any]:
+            def on_step(
+                _pipe: Any, step: int, _t: Any, kwargs: dict[str, Any], index: int = index, last: dict = last
+            ) -> dict[str, Any]:
                 last["latents"] = kwargs.get("latents")
                 if on_progress is not None:
                     on_progress(min(index * per_image + step + 1, total), total)
@@ -345,9 +354,7 @@ class LocalEngine:
                         **call_args,
                     )
             except _StopRequested:
-                raise GenerationCancelled(
-                    f"stopped during image {index + 1} of {len(seeds)}", partial=result
-                ) from None
+                raise GenerationCancelled(f"stopped during image {index + 1} of {len(seeds)}", partial=result) from None
             except (RequestError, GenerationCancelled):
                 raise
             except Exception as exc:

@@ -25,7 +25,10 @@ class SamplerSpec:
 SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec("DPM++ 2M", "DPMSolverMultistepScheduler", {}, ("dpmpp 2m", "k dpmpp 2m")),
     SamplerSpec(
-        "DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, ("dpmpp 2m karras", "k dpmpp 2m karras")
+        "DPM++ 2M Karras",
+        "DPMSolverMultistepScheduler",
+        {"use_karras_sigmas": True},
+        ("dpmpp 2m karras", "k dpmpp 2m karras"),
     ),
     SamplerSpec(
         "DPM++ 2M SDE",
@@ -40,18 +43,37 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         ("dpmpp 2m sde karras", "k dpmpp 2m sde karras"),
     ),
     SamplerSpec("DPM++ SDE", "DPMSolverSDEScheduler", {}, ("dpmpp sde", "k dpmpp sde")),
-    SamplerSpec("DPM++ SDE Karras", "DPMSolverSDEScheduler", {"use_karras_sigmas": True}, ("dpmpp sde karras", "k dpmpp sde karras")),
+    SamplerSpec(
+        "DPM++ SDE Karras",
+        "DPMSolverSDEScheduler",
+        {"use_karras_sigmas": True},
+        ("dpmpp sde karras", "k dpmpp sde karras"),
+    ),
     SamplerSpec("DPM++ 2S a", "DPMSolverSinglestepScheduler", {}, ("dpmpp 2s a", "dpmpp 2s ancestral")),
-    SamplerSpec("Euler a", "EulerAncestralDiscreteScheduler", {}, ("euler ancestral", "k euler a", "k euler ancestral")),
+    SamplerSpec(
+        "Euler a", "EulerAncestralDiscreteScheduler", {}, ("euler ancestral", "k euler a", "k euler ancestral")
+    ),
     SamplerSpec("Euler", "EulerDiscreteScheduler", {}, ("eular", "k euler")),
     SamplerSpec("Euler Karras", "EulerDiscreteScheduler", {"use_karras_sigmas": True}, ("k euler karras",)),
     SamplerSpec("LMS", "LMSDiscreteScheduler", {}, ("k lms",)),
     SamplerSpec("LMS Karras", "LMSDiscreteScheduler", {"use_karras_sigmas": True}, ("k lms karras",)),
     SamplerSpec("Heun", "HeunDiscreteScheduler", {}, ("k heun",)),
     SamplerSpec("DPM2", "KDPM2DiscreteScheduler", {}, ("dpm 2", "k dpm 2", "k dpm2")),
-    SamplerSpec("DPM2 Karras", "KDPM2DiscreteScheduler", {"use_karras_sigmas": True}, ("dpm 2 karras", "k dpm 2 karras")),
-    SamplerSpec("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, ("dpm 2 ancestral", "dpm2 ancestral", "k dpm 2 a", "k dpm 2 ancestral")),
-    SamplerSpec("DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}, ("dpm 2 a karras", "k dpm 2 a karras")),
+    SamplerSpec(
+        "DPM2 Karras", "KDPM2DiscreteScheduler", {"use_karras_sigmas": True}, ("dpm 2 karras", "k dpm 2 karras")
+    ),
+    SamplerSpec(
+        "DPM2 a",
+        "KDPM2AncestralDiscreteScheduler",
+        {},
+        ("dpm 2 ancestral", "dpm2 ancestral", "k dpm 2 a", "k dpm 2 ancestral"),
+    ),
+    SamplerSpec(
+        "DPM2 a Karras",
+        "KDPM2AncestralDiscreteScheduler",
+        {"use_karras_sigmas": True},
+        ("dpm 2 a karras", "k dpm 2 a karras"),
+    ),
     SamplerSpec("DDIM", "DDIMScheduler", {}, ()),
     SamplerSpec("DDPM", "DDPMScheduler", {}, ()),
     SamplerSpec("PNDM", "PNDMScheduler", {}, ("plms",)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # Pillow is light, but keep the type import lazy anyway.
@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # Pillow is light, but keep the type import lazy anyway.
 MAX_SEED = 2**32 - 1
 
 
-class Task(str, Enum):
+class Task(StrEnum):
     """What a request asks for; decided by which images are present."""
 
     TXT2IMG = "txt2img"
@@ -137,7 +137,9 @@ class GenerationRequest:
             text = getattr(self, name)
             if len(text) > limits.max_prompt_chars:
                 raise RequestError(
-                    name, f"<{len(text)} characters>", f"is {len(text)} characters; the limit is {limits.max_prompt_chars}"
+                    name,
+                    f"<{len(text)} characters>",
+                    f"is {len(text)} characters; the limit is {limits.max_prompt_chars}",
                 )
         if not isinstance(self.sampler, str) or not self.sampler.strip():
             raise RequestError("sampler", self.sampler, f"must be a sampler name, got {_short(self.sampler)}")

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from studio.samplers import canonical_name
-from studio.types import Limits, GenerationRequest, RequestError, Task
+from studio.types import GenerationRequest, Limits, RequestError, Task
 
 OK = GenerationRequest(prompt="a cat", width=64, height=64, steps=2)
 

@@ -93,7 +93,7 @@ def _params_to_tab(params: dict[str, Any] | None) -> list[Any]:
 
 
 def _wire_send_to(tabs: gr.Tabs, tabs_by_task: dict[Task, GenerationWidgets]) -> None:
-    """"Send to Image to image / Inpaint": the selected gallery image and its parameters go to the other tab."""
+    """ "Send to Image to image / Inpaint": the selected gallery image and its parameters go to the other tab."""
 
     def sender(target: Task):
         def send(gallery: list[Any] | None, selected: int, info: dict[str, Any] | None) -> list[Any]:
@@ -103,7 +103,9 @@ def _wire_send_to(tabs: gr.Tabs, tabs_by_task: dict[Task, GenerationWidgets]) ->
             item = gallery[index]
             path = item[0] if isinstance(item, (tuple, list)) else item
             infotexts = (info or {}).get("infotexts") or []
-            fields = metadata.request_fields(metadata.parse_infotext(infotexts[index])) if index < len(infotexts) else {}
+            fields = (
+                metadata.request_fields(metadata.parse_infotext(infotexts[index])) if index < len(infotexts) else {}
+            )
             keys = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "width", "height")
             values = [fields[key] if key in fields else gr.update() for key in keys]
             if target is Task.INPAINT:

@@ -17,23 +17,17 @@ from studio.types import GenerationRequest, Limits, RequestError, Task
 from studio.ui.controller import StudioController
 
 
-class FieldSlider(gr.Slider):
-    """A slider whose range the browser enforces; API values pass through unchanged so that
-    GenerationRequest.validate() rejects them with an error naming the field (gradio's own check does not)."""
-
-    is_template = True  # render with the stock Slider frontend
-
-    def preprocess(self, payload: Any) -> Any:
-        return payload
+def _passthrough(value: Any) -> Any:
+    return value
 
 
-class FieldNumber(gr.Number):
-    """A number box that passes API values through unchanged for GenerationRequest.validate() (see FieldSlider)."""
-
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
-        return payload
+def field_input(component: Any) -> Any:
+    """Let API values reach GenerationRequest.validate() unchanged, so an out-of-range number is refused with an
+    error naming the field. Gradio's own slider/number check says only "Value 0 is less than minimum value 1".
+    The browser still enforces the widget's range. (An instance override, not a subclass: gradio writes a .pyi
+    stub next to the source of every component subclass it sees.)"""
+    component.preprocess = _passthrough
+    return component
 
 
 @dataclass
@@ -44,7 +38,7 @@ class GenerationWidgets:
     prompt: gr.Textbox
     negative_prompt: gr.Textbox
     sampler: gr.Dropdown
-    steps: FieldSlider
+    steps: gr.Slider
     cfg_scale: gr.Slider
     seed: gr.Number
     width: gr.Slider
@@ -141,7 +135,11 @@ def build_generation_tab(
             image = mask_upload = mask_blur = strength = None
             if task is Task.IMG2IMG:
                 image = gr.Image(
-                    label="Input image", type="pil", image_mode="RGB", format="png", height=360,
+                    label="Input image",
+                    type="pil",
+                    image_mode="RGB",
+                    format="png",
+                    height=360,
                     elem_id=f"{prefix}-image",
                 )
             elif task is Task.INPAINT:
@@ -166,22 +164,30 @@ def build_generation_tab(
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}-negative")
             with gr.Row():
                 sampler = gr.Dropdown(
-                    samplers, value=DEFAULT_SAMPLER, label="Sampler", scale=2, allow_custom_value=True,
+                    samplers,
+                    value=DEFAULT_SAMPLER,
+                    label="Sampler",
+                    scale=2,
+                    allow_custom_value=True,
                     elem_id=f"{prefix}-sampler",
                 )
-                steps = FieldSlider(1, limits.max_steps, value=20, step=1, label="Steps", scale=3)
+                steps = field_input(gr.Slider(1, limits.max_steps, value=20, step=1, label="Steps", scale=3))
             with gr.Row():
-                width = FieldSlider(64, limits.max_width, value=512, step=8, label="Width")
-                height = FieldSlider(64, limits.max_height, value=512, step=8, label="Height")
+                width = field_input(gr.Slider(64, limits.max_width, value=512, step=8, label="Width"))
+                height = field_input(gr.Slider(64, limits.max_height, value=512, step=8, label="Height"))
             with gr.Row():
-                cfg = FieldSlider(limits.min_cfg_scale, limits.max_cfg_scale, value=7.0, step=0.5, label="CFG scale")
-                count = FieldSlider(1, limits.max_count, value=1, step=1, label="Image count")
+                cfg = field_input(
+                    gr.Slider(limits.min_cfg_scale, limits.max_cfg_scale, value=7.0, step=0.5, label="CFG scale")
+                )
+                count = field_input(gr.Slider(1, limits.max_count, value=1, step=1, label="Image count"))
             if task is not Task.TXT2IMG:
-                strength = FieldSlider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength")
+                strength = field_input(gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength"))
             if task is Task.INPAINT:
-                mask_blur = FieldSlider(0, 64, value=4, step=1, label="Mask blur")
+                mask_blur = field_input(gr.Slider(0, 64, value=4, step=1, label="Mask blur"))
             with gr.Row():
-                seed = FieldNumber(label="Seed (-1 = random)", value=-1, precision=0, scale=4, elem_id=f"{prefix}-seed")
+                seed = field_input(
+                    gr.Number(label="Seed (-1 = random)", value=-1, precision=0, scale=4, elem_id=f"{prefix}-seed")
+                )
                 random_seed = gr.Button("Random", scale=0, min_width=72, elem_id=f"{prefix}-random-seed")
                 reuse_seed = gr.Button("Reuse last", scale=0, min_width=90, elem_id=f"{prefix}-reuse-seed")
         with gr.Column(scale=6):
@@ -189,7 +195,12 @@ def build_generation_tab(
                 generate = gr.Button("Generate", variant="primary", scale=3, elem_id=f"{prefix}-generate")
                 stop = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{prefix}-stop")
             gallery = gr.Gallery(
-                label="Images", format="png", columns=2, height=512, object_fit="contain", interactive=False,
+                label="Images",
+                format="png",
+                columns=2,
+                height=512,
+                object_fit="contain",
+                interactive=False,
                 elem_id=f"{prefix}-gallery",
             )
             with gr.Row():
@@ -199,30 +210,53 @@ def build_generation_tab(
     selected = gr.State(0)
 
     widgets = GenerationWidgets(
-        task=task, prompt=prompt, negative_prompt=negative, sampler=sampler, steps=steps, cfg_scale=cfg,
-        seed=seed, width=width, height=height, count=count, gallery=gallery, info=info, selected=selected,
-        image=image, strength=strength, mask_upload=mask_upload, mask_blur=mask_blur,
-        send_img2img=send_img2img, send_inpaint=send_inpaint,
+        task=task,
+        prompt=prompt,
+        negative_prompt=negative,
+        sampler=sampler,
+        steps=steps,
+        cfg_scale=cfg,
+        seed=seed,
+        width=width,
+        height=height,
+        count=count,
+        gallery=gallery,
+        info=info,
+        selected=selected,
+        image=image,
+        strength=strength,
+        mask_upload=mask_upload,
+        mask_blur=mask_blur,
+        send_img2img=send_img2img,
+        send_inpaint=send_inpaint,
     )
 
     def make_request(values: list[Any], **extra: Any) -> GenerationRequest:
         p, n, s, st, c, sd, w, h, k = values
         return GenerationRequest(
-            prompt=p or "", negative_prompt=n or "", sampler=s, steps=_num(st), cfg_scale=_num(c), seed=_num(sd),
-            width=_num(w), height=_num(h), count=_num(k), **extra,
+            prompt=p or "",
+            negative_prompt=n or "",
+            sampler=s,
+            steps=_num(st),
+            cfg_scale=_num(c),
+            seed=_num(sd),
+            width=_num(w),
+            height=_num(h),
+            count=_num(k),
+            **extra,
         )
 
     engine_lane = {"concurrency_limit": 1, "concurrency_id": "engine"}
     if task is Task.TXT2IMG:
 
-        def txt2img(p, n, s, st, c, sd, w, h, k, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        def txt2img(p, n, s, st, c, sd, w, h, k, request: gr.Request, progress=gr.Progress()):
             req = make_request([p, n, s, st, c, sd, w, h, k])
             return run_generation(controller, req, _session(request), progress)
 
         event = generate.click(txt2img, widgets.params(), [gallery, info], api_name="txt2img", **engine_lane)
     elif task is Task.IMG2IMG:
 
-        def img2img(img, p, n, s, st, c, sd, w, h, k, strength_value, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        def img2img(img, p, n, s, st, c, sd, w, h, k, strength_value, request: gr.Request, progress=gr.Progress()):
             if img is None:
                 raise gr.Error("image: upload an input image", title="Invalid input")
             req = make_request([p, n, s, st, c, sd, w, h, k], image=img, strength=_num(strength_value))
@@ -235,17 +269,36 @@ def build_generation_tab(
         image.upload(_size_of, image, [width, height], api_visibility="private", queue=False)
     else:
 
-        def inpaint_ui(editor, mask_file, p, n, s, st, c, sd, w, h, k, strength_value, blur, request: gr.Request,
-                       progress=gr.Progress()):  # noqa: B008
+        def inpaint_ui(
+            editor,
+            mask_file,
+            p,
+            n,
+            s,
+            st,
+            c,
+            sd,
+            w,
+            h,
+            k,
+            strength_value,
+            blur,
+            request: gr.Request,
+            progress=gr.Progress(),
+        ):
             background, mask = _editor_mask(editor, mask_file)
             req = make_request(
-                [p, n, s, st, c, sd, w, h, k], image=background.convert("RGB"), mask=mask,
-                strength=_num(strength_value), mask_blur=_num(blur),
+                [p, n, s, st, c, sd, w, h, k],
+                image=background.convert("RGB"),
+                mask=mask,
+                strength=_num(strength_value),
+                mask_blur=_num(blur),
             )
             return run_generation(controller, req, _session(request), progress)
 
-        def inpaint_api(img, mask, p, n, s, st, c, sd, w, h, k, strength_value, request: gr.Request,
-                        progress=gr.Progress()):  # noqa: B008
+        def inpaint_api(
+            img, mask, p, n, s, st, c, sd, w, h, k, strength_value, request: gr.Request, progress=gr.Progress()
+        ):
             if img is None:
                 raise gr.Error("image: an image to inpaint is required", title="Invalid input")
             if mask is None:
@@ -265,7 +318,10 @@ def build_generation_tab(
         api_mask = gr.Image(type="pil", image_mode="L", format="png", visible=False)
         api_button = gr.Button(visible=False)
         api_button.click(
-            inpaint_api, [api_image, api_mask, *widgets.params(), strength], [gallery, info], api_name="inpaint",
+            inpaint_api,
+            [api_image, api_mask, *widgets.params(), strength],
+            [gallery, info],
+            api_name="inpaint",
             **engine_lane,
         )
         image.upload(_size_of_editor, image, [width, height], api_visibility="private", queue=False)

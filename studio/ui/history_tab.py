@@ -27,7 +27,12 @@ def build_history_tab(store: OutputStore) -> tuple[gr.Gallery, gr.State, Any]:
         gr.Markdown(f"Newest first, up to {PAGE} images. Files are in `{store.root}`.")
     with gr.Row(equal_height=False):
         gallery = gr.Gallery(
-            label="History", format="png", columns=5, height=560, object_fit="contain", interactive=False,
+            label="History",
+            format="png",
+            columns=5,
+            height=560,
+            object_fit="contain",
+            interactive=False,
             elem_id="history-gallery",
         )
         with gr.Column(scale=0, min_width=360):
