@@ -30,6 +30,41 @@ def field_input(component: Any) -> Any:
     return component
 
 
+def field_image(component: Any, field: str) -> Any:
+    """Make an unreadable upload (not an image, damaged, beyond Pillow's decompression-bomb limit) a gr.Error
+    naming `field`, instead of gradio's generic "could not preprocess input component at index 0". The size is
+    read from the header and checked before any pixel is decoded. (An instance override, see field_input.)"""
+    preprocess = component.preprocess
+
+    def checked(payload: Any) -> Any:
+        from PIL import Image, UnidentifiedImageError
+
+        def refuse(message: str) -> gr.Error:
+            text = message if message.startswith(f"{field}:") else f"{field}: {message}"
+            return gr.Error(text, title="Invalid input")
+
+        try:
+            path = getattr(payload, "path", None)
+            if path:
+                with Image.open(path) as probe:
+                    width, height = probe.size
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and width * height > limit:
+                    raise refuse(f"{width}x{height} is more than Pillow's decompression-bomb limit of {limit} pixels")
+            return preprocess(payload)
+        except gr.Error as err:
+            raise refuse(str(err.message)) from None
+        except Image.DecompressionBombError as err:
+            raise refuse(f"larger than Pillow's decompression-bomb limit ({err})") from None
+        except UnidentifiedImageError:
+            raise refuse("not an image file Pillow can read (PNG, JPEG, WebP, ...)") from None
+        except Exception as err:
+            raise refuse(f"cannot read this image, the file is damaged or truncated ({err})") from None
+
+    component.preprocess = checked
+    return component
+
+
 @dataclass
 class GenerationWidgets:
     """The components of one generation tab (others send parameters into them)."""
@@ -134,13 +169,16 @@ def build_generation_tab(
         with gr.Column(scale=5):
             image = mask_upload = mask_blur = strength = None
             if task is Task.IMG2IMG:
-                image = gr.Image(
-                    label="Input image",
-                    type="pil",
-                    image_mode="RGB",
-                    format="png",
-                    height=360,
-                    elem_id=f"{prefix}-image",
+                image = field_image(
+                    gr.Image(
+                        label="Input image",
+                        type="pil",
+                        image_mode="RGB",
+                        format="png",
+                        height=360,
+                        elem_id=f"{prefix}-image",
+                    ),
+                    "image",
                 )
             elif task is Task.INPAINT:
                 image = gr.ImageEditor(
@@ -155,8 +193,11 @@ def build_generation_tab(
                     elem_id=f"{prefix}-editor",
                 )
                 with gr.Accordion("Upload a mask instead (white = repaint)", open=False):
-                    mask_upload = gr.Image(
-                        label="Mask", type="pil", image_mode="L", format="png", height=200, elem_id=f"{prefix}-mask"
+                    mask_upload = field_image(
+                        gr.Image(
+                            label="Mask", type="pil", image_mode="L", format="png", height=200, elem_id=f"{prefix}-mask"
+                        ),
+                        "mask",
                     )
             prompt = gr.Textbox(
                 label="Prompt", lines=3, placeholder="a watercolor fox in a snowy forest", elem_id=f"{prefix}-prompt"
@@ -314,8 +355,8 @@ def build_generation_tab(
             **engine_lane,
         )
         # The public /inpaint endpoint takes a plain image and mask (white = repaint), not the editor's layers.
-        api_image = gr.Image(type="pil", image_mode="RGB", format="png", visible=False)
-        api_mask = gr.Image(type="pil", image_mode="L", format="png", visible=False)
+        api_image = field_image(gr.Image(type="pil", image_mode="RGB", format="png", visible=False), "image")
+        api_mask = field_image(gr.Image(type="pil", image_mode="L", format="png", visible=False), "mask")
         api_button = gr.Button(visible=False)
         api_button.click(
             inpaint_api,

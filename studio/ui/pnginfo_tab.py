@@ -7,6 +7,7 @@ from typing import Any
 import gradio as gr
 
 from studio import metadata
+from studio.ui.generate_tabs import field_image
 
 
 def read_png_info(path: str | None) -> tuple[str, dict[str, Any]]:
@@ -28,7 +29,10 @@ def read_png_info(path: str | None) -> tuple[str, dict[str, Any]]:
 def build_pnginfo_tab() -> tuple[gr.Image, gr.JSON, gr.Button]:
     with gr.Row(equal_height=False):
         with gr.Column():
-            image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="pnginfo-image")
+            image = field_image(
+                gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="pnginfo-image"),
+                "image",
+            )
         with gr.Column():
             raw = gr.Textbox(label="Parameters (infotext)", lines=6, interactive=False, elem_id="pnginfo-text")
             parsed = gr.JSON(label="Parsed", elem_id="pnginfo-json")
