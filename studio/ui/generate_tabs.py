@@ -199,10 +199,16 @@ def build_generation_tab(
                         ),
                         "mask",
                     )
-            prompt = gr.Textbox(
-                label="Prompt", lines=3, placeholder="a watercolor fox in a snowy forest", elem_id=f"{prefix}-prompt"
+            # Passed through too: gradio's Textbox would turn 5 or ["a", "b"] into the text "5" / "['a', 'b']".
+            prompt = field_input(
+                gr.Textbox(
+                    label="Prompt",
+                    lines=3,
+                    placeholder="a watercolor fox in a snowy forest",
+                    elem_id=f"{prefix}-prompt",
+                )
             )
-            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}-negative")
+            negative = field_input(gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}-negative"))
             with gr.Row():
                 sampler = gr.Dropdown(
                     samplers,
