@@ -43,6 +43,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -351,7 +352,9 @@ def _convert(spec: _Spec, module: Any, xml: Path, compress: bool) -> None:
     import torch
 
     wrapper = _wrappers()[spec.name](module).eval()
-    with torch.inference_mode(False), torch.no_grad(), _no_telemetry():
+    with torch.inference_mode(False), torch.no_grad(), _no_telemetry(), warnings.catch_warnings():
+        # The tracer warns about every shape-dependent Python branch; the traced paths are the intended ones.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         model = ov.convert_model(wrapper, example_input=spec.example)
     model.reshape({model.inputs[i]: ov.PartialShape(shape) for i, shape in enumerate(spec.shapes)})
     ov.save_model(model, str(xml), compress_to_fp16=compress)

@@ -1,0 +1,411 @@
+"""The benchmark sections. Each takes the run Context and returns its part of the result JSON.
+
+Heavy or memory-sensitive measurements run in worker processes (bench.workers); the HTTP ones (serving, load
+run, gradio, async remote) drive real servers on 127.0.0.1 from this process.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.core import REPO, Stats, interleave, percentile, run_worker, timed
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much each section measures. `quick` fits in ~3 minutes on 2 cores (once caches exist)."""
+
+    name: str
+    engine_cases: tuple[tuple[str, int, int, int], ...]  # (model, size, steps, interleaved rounds)
+    serving_requests: int
+    load_requests: int
+    load_concurrency: int
+    gradio_requests: int
+    async_rounds: int
+    task_switch: tuple[str, int, int, int]  # (model, size, steps, cycles)
+    load_time_models: tuple[str, ...]
+    load_rounds: int
+    peak_rss_cases: tuple[tuple[str, str], ...]  # (model, engine)
+    openvino_sizes: tuple[int, ...]
+    openvino_rounds: int
+    openvino_e2e: tuple[int, int] | None  # (size, steps) of one whole generation per engine
+    openvino_accuracy: bool  # demo-model pixel differences f32/bf16 vs torch (also covered by the tests)
+    worker_timeout: float = 1800.0
+
+    def capped(self, rounds: int) -> Profile:
+        """This profile with every repetition count capped at `rounds` (smoke runs, e.g. the test suite)."""
+        n = max(1, rounds)
+        model, size, steps, cycles = self.task_switch
+        return dataclasses.replace(
+            self,
+            name=f"{self.name}-capped{n}",
+            engine_cases=tuple((m, s, st, min(r, n)) for m, s, st, r in self.engine_cases),
+            serving_requests=min(self.serving_requests, n),
+            load_requests=min(self.load_requests, n * self.load_concurrency),
+            gradio_requests=min(self.gradio_requests, n),
+            async_rounds=min(self.async_rounds, n),
+            task_switch=(model, size, steps, min(cycles, n)),
+            load_rounds=min(self.load_rounds, n),
+            openvino_rounds=min(self.openvino_rounds, n),
+        )
+
+
+QUICK = Profile(
+    name="quick",
+    engine_cases=(("demo", 256, 10, 8),),
+    serving_requests=6,
+    load_requests=50,
+    load_concurrency=4,
+    gradio_requests=3,
+    async_rounds=3,
+    task_switch=("demo", 512, 4, 2),
+    load_time_models=("demo",),
+    load_rounds=3,
+    peak_rss_cases=(("demo", "torch"),),
+    openvino_sizes=(256,),
+    openvino_rounds=3,
+    openvino_e2e=None,
+    openvino_accuracy=False,
+)
+FULL = Profile(
+    name="full",
+    engine_cases=(("demo", 256, 10, 12), ("sd15", 256, 4, 3)),
+    serving_requests=12,
+    load_requests=50,
+    load_concurrency=4,
+    gradio_requests=8,
+    async_rounds=5,
+    task_switch=("sd15", 512, 2, 1),
+    load_time_models=("demo", "sd15"),
+    load_rounds=3,
+    peak_rss_cases=(("demo", "torch"), ("sd15", "torch"), ("sd15", "openvino")),
+    openvino_sizes=(256, 512),
+    openvino_rounds=3,
+    openvino_e2e=(512, 4),
+    openvino_accuracy=True,
+)
+
+# Requests the HTTP sections send (the demo model: the point is the overhead around the engine, not the engine).
+SERVING_REQUEST = {"prompt": "a red fox in the snow", "steps": 2, "width": 512, "height": 512, "seed": 7}
+LOAD_REQUEST = {"prompt": "a lighthouse at dusk", "steps": 4, "width": 256, "height": 256, "seed": 11}
+
+
+def _test_helpers() -> Any:
+    """tests/helpers (real serving process, moto server, SageMaker runtime stand-in) as an importable package."""
+    tests = str(REPO / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import helpers
+
+    return helpers
+
+
+@dataclass
+class Context:
+    """Shared state of one run: the profile, verbosity, and a serving process reused by the HTTP sections."""
+
+    profile: Profile
+    verbose: bool = False
+    _serving: Any = None
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def worker(self, task: str, **args: Any) -> dict[str, Any]:
+        return run_worker(task, args, timeout=self.profile.worker_timeout, verbose=self.verbose)
+
+    def serving(self) -> Any:
+        """A real `python -m studio.serving --model demo` process on 127.0.0.1 (started once, stopped by close())."""
+        if self._serving is None:
+            _test_helpers()
+            from helpers.servers import ServingProcess
+
+            started = time.perf_counter()
+            self._serving = ServingProcess(model="demo").start()
+            self._closers.append(self._serving.stop)
+            logger.info("serving process ready on %s in %.1fs", self._serving.url, time.perf_counter() - started)
+        return self._serving
+
+    def close(self) -> None:
+        while self._closers:
+            try:
+                self._closers.pop()()
+            except Exception as exc:  # cleanup must not hide the results
+                logger.warning("cleanup failed: %s", exc)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Engine, memory and load time (workers)
+
+
+def engine_vs_raw(ctx: Context) -> dict[str, Any]:
+    """`engine_vs_raw.ratio`: LocalEngine.generate / raw diffusers call (headline: the first case, the demo)."""
+    cases = []
+    for model, size, steps, rounds in ctx.profile.engine_cases:
+        args = {"model": model, "size": size, "steps": steps, "sampler": "Euler a", "rounds": rounds}
+        cases.append(ctx.worker("engine_vs_raw", **args))
+    head = cases[0]
+    return {
+        "ratio": head["ratio"],
+        "model": head["model"],
+        "size": head["size"],
+        "steps": head["steps"],
+        "cases": cases,
+        "worst_ratio": max(c["ratio"] for c in cases),
+    }
+
+
+def task_switch(ctx: Context) -> dict[str, Any]:
+    """`task_switch.reloads` / `.rss_increase_pct`: txt2img -> img2img -> inpaint on one loaded model."""
+    model, size, steps, cycles = ctx.profile.task_switch
+    return ctx.worker("task_switch", model=model, size=size, steps=steps, cycles=cycles)
+
+
+def load_time(ctx: Context) -> dict[str, Any]:
+    """engine.load() time: diffusers folder vs single .safetensors file of the same model, alternating."""
+    out = {}
+    for model in ctx.profile.load_time_models:
+        out[model] = ctx.worker("load_time", model=model, rounds=ctx.profile.load_rounds)
+    return out
+
+
+def peak_rss(ctx: Context) -> dict[str, Any]:
+    """Peak RSS of the studio's engine with each model (load + one generation), each in a fresh process."""
+    out = {}
+    for model, engine in ctx.profile.peak_rss_cases:
+        size = 256 if model == "sd15" else 512
+        out[f"{model}_{engine}"] = ctx.worker("peak_rss", model=model, engine=engine, size=size, steps=2)
+    return out
+
+
+def openvino(ctx: Context) -> dict[str, Any]:
+    """`openvino_vs_torch.speedup` on the full-size SD 1.5 architecture, plus demo-model pixel differences."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return {"speedup": None, "skipped": "openvino is not installed (pip install -r requirements.txt)"}
+    p = ctx.profile
+    speed = ctx.worker(
+        "openvino_speed",
+        model="sd15",
+        sizes=list(p.openvino_sizes),
+        rounds=p.openvino_rounds,
+        precision="bf16",
+        e2e=list(p.openvino_e2e) if p.openvino_e2e else None,
+    )
+    if not p.openvino_accuracy:
+        return speed
+    accuracy = ctx.worker("openvino_accuracy", precisions=["f32", "bf16"], size=256, steps=10)
+    return {**speed, "accuracy_demo": accuracy}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# HTTP: serving overhead, load run, gradio, async remote
+
+
+def _post(session: Any, url: str, payload: dict[str, Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    response = session.post(f"{url}/invocations", json=payload, timeout=300)
+    seconds = time.perf_counter() - started
+    return seconds, response
+
+
+def serving(ctx: Context) -> dict[str, Any]:
+    """`serving_overhead_ms_512`: /invocations round trip minus the engine's own time, per 512x512 image."""
+    import requests
+
+    server = ctx.serving()
+    session = requests.Session()
+    overheads, trips, engine_times, encode_times, sizes = [], [], [], [], []
+    for index in range(ctx.profile.serving_requests + 1):
+        seconds, response = _post(session, server.url, SERVING_REQUEST)
+        response.raise_for_status()
+        body = response.json()
+        if index == 0:
+            continue  # warm-up
+        engine_s = body["timings"]["generate"]
+        trips.append(seconds)
+        engine_times.append(engine_s)
+        encode_times.append(body["timings"].get("encode", 0.0))
+        overheads.append(seconds - engine_s)
+        sizes.append(len(response.content))
+        png = base64.b64decode(body["images"][0])
+    median_ms = round(statistics.median(overheads) * 1000, 1)
+    return {
+        "overhead_ms": Stats.of(overheads).as_dict(1000, 1),
+        "round_trip_s": Stats.of(trips).as_dict(),
+        "engine_s": Stats.of(engine_times).as_dict(),
+        "server_encode_ms": Stats.of(encode_times).as_dict(1000, 1),
+        "response_bytes": int(statistics.median(sizes)),
+        "png_bytes": len(png),
+        "request": SERVING_REQUEST,
+        "headline_ms": median_ms,
+    }
+
+
+def load_run(ctx: Context) -> dict[str, Any]:
+    """A bounded load run: N requests at concurrency C against the serving process (p50, p95, errors)."""
+    import requests
+
+    server = ctx.serving()
+    total, concurrency = ctx.profile.load_requests, ctx.profile.load_concurrency
+    local = threading.local()
+
+    def one(_: int) -> tuple[float, int | str]:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+        try:
+            seconds, response = _post(session, server.url, LOAD_REQUEST)
+            return seconds, response.status_code
+        except requests.RequestException as exc:
+            return float("nan"), type(exc).__name__
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(one, range(total)))
+    wall = time.perf_counter() - started
+    ok = [s for s, status in results if status == 200]
+    errors = [status for _, status in results if status != 200]
+    return {
+        "requests": total,
+        "concurrency": concurrency,
+        "request": LOAD_REQUEST,
+        "errors": len(errors),
+        "error_kinds": sorted({str(e) for e in errors}),
+        "p50_s": round(percentile(ok, 50), 3) if ok else None,
+        "p95_s": round(percentile(ok, 95), 3) if ok else None,
+        "max_s": round(max(ok), 3) if ok else None,
+        "wall_s": round(wall, 2),
+        "throughput_rps": round(len(ok) / wall, 2),
+    }
+
+
+def gradio(ctx: Context) -> dict[str, Any]:
+    """Studio UI round trip via gradio_client (/txt2img) minus the engine's time, per 512x512 image."""
+    _test_helpers()
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from gradio_client import Client
+    from helpers.servers import free_port
+
+    import app
+    from studio.config import Settings
+
+    outputs = Path(tempfile.mkdtemp(prefix="bench-gradio-"))
+    settings = Settings(model="demo", outputs=outputs, port=free_port(), device="cpu")
+    blocks, controller = app.launch(settings, prevent_thread_lock=True)
+    ctx._closers.append(blocks.close)
+    deadline = time.monotonic() + 120
+    while not controller.status().loaded:
+        if controller.status().error or time.monotonic() > deadline:
+            raise RuntimeError(f"studio did not load the demo model: {controller.status().error}")
+        time.sleep(0.1)
+    client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+    r = SERVING_REQUEST
+    args = (r["prompt"], "", "Euler a", r["steps"], 7.0, r["seed"], r["width"], r["height"], 1)
+    overheads, trips = [], []
+    for index in range(ctx.profile.gradio_requests + 1):
+        seconds, (gallery, info) = timed(lambda: client.predict(*args, api_name="/txt2img"))
+        if not gallery:
+            raise RuntimeError(f"/txt2img returned no images: {info}")
+        if index == 0:
+            continue
+        trips.append(seconds)
+        overheads.append(seconds - info["timings"]["generate"])
+    client.close()
+    return {
+        "overhead_ms": Stats.of(overheads).as_dict(1000, 1),
+        "round_trip_s": Stats.of(trips).as_dict(),
+        "note": "includes saving the PNG to the gallery (outputs/) and gradio_client downloading the file",
+    }
+
+
+def async_remote(ctx: Context) -> dict[str, Any]:
+    """RemoteEngine over SageMaker async (S3 upload, invoke, poll) vs real-time, through the test stand-in."""
+    _test_helpers()
+    import boto3
+    from helpers.sagemaker_standin import SageMakerRuntimeStandin
+    from helpers.servers import MotoServer, aws_env
+
+    from studio import remote
+    from studio.types import GenerationRequest
+
+    server = ctx.serving()
+    bucket = "bench-async"
+    request = GenerationRequest(**{k: v for k, v in LOAD_REQUEST.items()})
+    with MotoServer() as moto, aws_env(moto.url):
+        s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1")
+        s3.create_bucket(Bucket=bucket)
+        with SageMakerRuntimeStandin(s3) as standin:
+            standin.add_endpoint("bench-rt", server.url)
+            standin.add_endpoint("bench-async", server.url, output_path=f"s3://{bucket}/async-output/")
+            runtime = boto3.client("sagemaker-runtime", endpoint_url=standin.url, region_name="us-east-1")
+            sync = remote.RemoteEngine(remote.SageMakerRealtime("bench-rt", runtime))
+            poll = remote.Backoff(first=1.0, factor=1.5, maximum=15.0)  # SageMakerAsync's default
+            asynchronous = remote.RemoteEngine(
+                remote.SageMakerAsync("bench-async", runtime, s3, f"s3://{bucket}/async-input/", poll=poll)
+            )
+            overheads: dict[str, list[float]] = {"sync": [], "async": []}
+
+            def run(name: str, engine: Any) -> Callable[[], None]:
+                def go() -> None:
+                    seconds, result = timed(lambda: engine.generate(request))
+                    overheads[name].append(seconds - result.timings.get("generate", 0.0))
+
+                return go
+
+            times = interleave(
+                {"sync": run("sync", sync), "async": run("async", asynchronous)}, rounds=ctx.profile.async_rounds
+            )
+    sync_med, async_med = statistics.median(times["sync"]), statistics.median(times["async"])
+    return {
+        "sync_s": Stats.of(times["sync"]).as_dict(),
+        "async_s": Stats.of(times["async"]).as_dict(),
+        "async_overhead_over_sync_ms": round((async_med - sync_med) * 1000, 1),
+        "sync_overhead_ms": round(statistics.median(overheads["sync"][1:]) * 1000, 1),  # [0] is the warm-up
+        "async_overhead_ms": round(statistics.median(overheads["async"][1:]) * 1000, 1),
+        "poll": {"first_s": poll.first, "factor": poll.factor, "max_s": poll.maximum},
+        "request": LOAD_REQUEST,
+        "note": "async = S3 upload + invoke_endpoint_async + polling S3 (first poll after ~1 s) via moto + stand-in",
+    }
+
+
+SECTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "engine_vs_raw": engine_vs_raw,
+    "serving": serving,
+    "load_run": load_run,
+    "task_switch": task_switch,
+    "openvino": openvino,
+    "load_time": load_time,
+    "peak_rss": peak_rss,
+    "gradio": gradio,
+    "async_remote": async_remote,
+}
+
+
+def gpu(ctx: Context) -> dict[str, Any]:
+    """GPU only: it/s and images/s, plain diffusers fp16 vs the studio's fast settings (`gpu.speedup`)."""
+    from bench import gpu as gpu_bench
+
+    return gpu_bench.run(ctx.profile.name == "quick")
+
+
+SECTIONS["gpu"] = gpu
+
+
+def describe() -> str:
+    return json.dumps({name: (fn.__doc__ or "").strip().split("\n")[0] for name, fn in SECTIONS.items()}, indent=1)

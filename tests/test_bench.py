@@ -1,0 +1,106 @@
+"""The benchmark suite: its helpers, and a short real run that writes the contract JSON.
+
+The benchmark itself is not part of the tests (its figures depend on the machine); this only checks that
+`python -m bench` runs and writes what bench/README.md promises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import select, table
+from bench.core import (
+    CONTRACT_FIELDS,
+    GOALS,
+    Stats,
+    evaluate_goals,
+    get_path,
+    interleave,
+    percentile,
+    ratio_summary,
+    set_default_path,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_stats_and_percentiles():
+    stats = Stats.of([3.0, 1.0, 2.0, 10.0])
+    assert (stats.n, stats.median, stats.min, stats.max) == (4, 2.5, 1.0, 10.0)
+    assert stats.p25 <= stats.median <= stats.p75
+    assert stats.as_dict(1000, 1)["median"] == 2500.0
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 95)) == (50.0, 95.0)
+    with pytest.raises(ValueError):
+        Stats.of([])
+
+
+def test_ratio_is_the_median_of_paired_rounds():
+    # One burst (round 2, both runs slowed) moves neither figure; a burst on one side spoils one round only.
+    engine = [1.02, 5.10, 1.03, 1.01, 9.0]
+    raw = [1.00, 5.00, 1.00, 1.00, 1.0]
+    summary = ratio_summary(engine, raw)
+    assert summary["ratio"] == pytest.approx(1.02, abs=1e-3)
+    assert summary["round_ratio_max"] == 9.0
+    assert summary["ratio_of_medians"] == pytest.approx(1.03, abs=1e-3)
+
+
+def test_interleave_alternates_order_after_warmup():
+    calls: list[str] = []
+    times = interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert [len(v) for v in times.values()] == [3, 3]
+
+
+def test_goals_and_contract_defaults():
+    results: dict = {"engine_vs_raw": {"ratio": 1.01}, "serving_overhead_ms_512": 75.0}
+    for field in CONTRACT_FIELDS:
+        set_default_path(results, field, None)
+    assert get_path(results, "task_switch.reloads") is None and get_path(results, "engine_vs_raw.ratio") == 1.01
+    goals = evaluate_goals(results)
+    assert goals["engine_vs_raw.ratio"]["met"] is True
+    assert goals["serving_overhead_ms_512"]["met"] is False
+    assert goals["openvino_vs_torch.speedup"]["met"] is None  # not measured: neither met nor failed
+    assert "gpu.speedup" not in goals  # only on GPU hosts
+    assert {g.field for g in GOALS} >= set(CONTRACT_FIELDS)
+    results["goals"] = goals
+    text = table(results)
+    assert "NOT MET" in text and "engine_vs_raw.ratio" in text
+
+
+def test_section_selection_keeps_order_and_rejects_unknown_names():
+    assert select("task_switch,engine_vs_raw", None) == ["engine_vs_raw", "task_switch"]
+    assert "openvino" not in select(None, "openvino,gpu")
+    with pytest.raises(SystemExit, match="valid:"):
+        select("engine_vs_rawr", None)
+
+
+@pytest.mark.slow
+def test_quick_run_of_a_fast_subset_writes_the_contract_json(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [
+        sys.executable, "-m", "bench", "--quick", "--only", "engine_vs_raw,task_switch", "--rounds", "1",
+        "--out", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    latest = tmp_path / "latest.json"
+    data = json.loads(latest.read_text())
+    assert len(list(tmp_path.glob("*-quick-capped1.json"))) == 1  # the timestamped copy
+    for field in CONTRACT_FIELDS:
+        assert field.split(".")[0] in data, field
+    assert isinstance(data["engine_vs_raw"]["ratio"], float) and data["engine_vs_raw"]["ratio"] > 0
+    assert data["engine_vs_raw"]["cases"][0]["same_image_pixel_diff"]["max"] == 0  # the engine is plain diffusers
+    assert data["task_switch"]["reloads"] == 0 and data["task_switch"]["shared_modules"] is True
+    assert isinstance(data["task_switch"]["rss_increase_pct"], float)
+    assert data["serving_overhead_ms_512"] is None and data["openvino_vs_torch"]["speedup"] is None  # not selected
+    assert data["goals"]["engine_vs_raw.ratio"]["goal"] == "<= 1.03"
+    assert data["sections"] == {name: data["sections"][name] for name in ("engine_vs_raw", "task_switch")}
+    assert all(s["status"] == "ok" for s in data["sections"].values())
+    assert "engine_vs_raw.ratio" in proc.stdout  # the printed table

@@ -1,0 +1,190 @@
+"""OpenVINO CPU fast path on the demo model: f32 matches torch for the same seed, img2img and inpaint work, the
+IR cache is reused, unsupported features are refused, and nothing heavy is imported with the module."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("openvino")
+
+from studio.engine import EngineError, ModelLoadError  # noqa: E402
+from studio.local_engine import LocalEngine  # noqa: E402
+from studio.openvino_engine import (  # noqa: E402
+    OpenVINOEngine,
+    check_precision,
+    is_openvino_module,
+    networks,
+)
+from studio.types import GenerationRequest, Task  # noqa: E402
+
+# 200x136 px -> 25x17 latents: odd sizes exercise the UNet's explicit upsample-size path.
+BASE = GenerationRequest(prompt="a photo of a cat", width=200, height=136, steps=8, seed=77, sampler="DPM++ 2M")
+# f32 OpenVINO vs torch fp32 differ by float summation order only (~1e-5 on latents): at most 1 level in 8 bits.
+F32_MAX_LEVELS = 2
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def init_image() -> Image.Image:
+    rng = np.random.default_rng(3)
+    return Image.fromarray(rng.integers(0, 256, (136, 200, 3), dtype=np.uint8), "RGB")
+
+
+def center_mask() -> Image.Image:
+    mask = Image.new("L", (200, 136), 0)
+    mask.paste(255, (60, 40, 140, 96))
+    return mask
+
+
+@pytest.fixture(scope="module")
+def ir_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("openvino-ir")
+
+
+@pytest.fixture(scope="module")
+def torch_engine():
+    engine = LocalEngine("demo", device="cpu")
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def ov_engine(ir_cache):
+    engine = OpenVINOEngine("demo", precision="f32", openvino_cache=ir_cache)
+    engine.load()
+    return engine
+
+
+def test_f32_txt2img_matches_torch_for_the_same_seed(torch_engine, ov_engine):
+    reference = torch_engine.generate(BASE)
+    result = ov_engine.generate(BASE)
+    a, b = pixels(result.images[0]), pixels(reference.images[0])
+    assert result.images[0].size == (200, 136)
+    assert result.seeds == reference.seeds == [77]
+    assert b.std() > 10  # a real (noisy) image, so closeness means something
+    assert np.abs(a - b).max() <= F32_MAX_LEVELS
+    assert result.infotexts == reference.infotexts
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DDIM"])
+def test_f32_matches_torch_with_other_samplers(torch_engine, ov_engine, sampler):
+    request = BASE.replace(sampler=sampler, steps=5)  # ancestral noise and integer timesteps
+    diff = np.abs(pixels(ov_engine.generate(request).images[0]) - pixels(torch_engine.generate(request).images[0]))
+    assert diff.max() <= F32_MAX_LEVELS
+
+
+def test_f32_img2img_matches_torch(torch_engine, ov_engine):
+    request = BASE.replace(image=init_image(), strength=0.6)
+    result = ov_engine.generate(request)
+    reference = torch_engine.generate(request)
+    assert result.images[0].size == (200, 136)
+    assert np.abs(pixels(result.images[0]) - pixels(reference.images[0])).max() <= F32_MAX_LEVELS
+
+
+def test_f32_inpaint_matches_torch_and_keeps_the_unmasked_area(torch_engine, ov_engine):
+    image = init_image()
+    request = BASE.replace(image=image, mask=center_mask(), strength=0.8, mask_blur=0)
+    result = ov_engine.generate(request)
+    reference = torch_engine.generate(request)
+    out = pixels(result.images[0])
+    assert np.abs(out - pixels(reference.images[0])).max() <= F32_MAX_LEVELS
+    corner = (slice(0, 30), slice(0, 40))  # far outside the mask: the original pixels, overlaid back
+    assert np.abs(out[corner] - pixels(image)[corner]).max() <= 1
+    inside = (slice(50, 86), slice(70, 130))
+    assert np.abs(out[inside] - pixels(image)[inside]).mean() > 5  # and the masked area was repainted
+
+
+def test_modules_are_shared_redirected_and_torch_weights_released(ov_engine):
+    pipes = ov_engine.pipelines
+    unet = pipes[Task.TXT2IMG].unet
+    assert all(p.unet is unet and p.vae is pipes[Task.TXT2IMG].vae for p in pipes.values())
+    for module in (unet, pipes[Task.TXT2IMG].vae, pipes[Task.TXT2IMG].text_encoder):
+        assert is_openvino_module(module)
+        assert sum(p.numel() for p in module.parameters()) == 0  # weights live in OpenVINO only
+    assert set(networks(pipes[Task.TXT2IMG].vae)) == {"vae_decoder", "vae_encoder"}
+    assert networks(unet)["unet"].calls > 0
+
+
+def test_status_shows_openvino_and_precision(ov_engine):
+    status = ov_engine.status()
+    assert status.loaded and status.device == "cpu" and status.dtype == "f32"
+    assert "OpenVINO" in status.details["accelerator"]
+
+
+def test_second_load_reuses_the_cached_ir(ov_engine, ir_cache):
+    first = ov_engine.report
+    assert first is not None and first.cache_hits == 0 and len(first.components) == 4
+    files = sorted(ir_cache.glob("*/model.xml"))
+    assert len(files) == 4
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    again = OpenVINOEngine("demo", precision="f32", openvino_cache=ir_cache)
+    again.load()
+    assert again.report.cache_hits == 4
+    assert all(c.convert_seconds == 0 for c in again.report.components)
+    assert [f.stat().st_mtime_ns for f in sorted(ir_cache.glob("*/model.xml"))] == mtimes
+    same = BASE.replace(steps=3)
+    assert again.generate(same).images[0].tobytes() == ov_engine.generate(same).images[0].tobytes()
+
+
+@pytest.mark.slow
+def test_bf16_is_close_to_torch(torch_engine, ir_cache):
+    engine = OpenVINOEngine("demo", precision="bf16", openvino_cache=ir_cache)
+    engine.load()
+    assert engine.report.cache_hits == 0  # fp16-weight IR: a separate cache entry from the f32 one
+    assert engine.report.precision in ("bf16", "f32")  # f32 on CPUs without native bf16
+    diff = np.abs(pixels(engine.generate(BASE).images[0]) - pixels(torch_engine.generate(BASE).images[0]))
+    assert diff.mean() < 3 and diff.max() <= 64
+
+
+def test_unsupported_unet_features_are_refused(ov_engine):
+    import torch
+
+    unet = ov_engine.pipelines[Task.TXT2IMG].unet
+    sample = torch.zeros(1, 4, 8, 8)
+    hidden = torch.zeros(1, 77, 32)
+    with pytest.raises(EngineError, match="cross_attention_kwargs"):
+        unet(sample, torch.tensor(10.0), hidden, cross_attention_kwargs={"scale": 0.5})
+    out = unet(sample, torch.tensor(10.0), hidden, return_dict=False)[0]
+    assert out.shape == (1, 4, 8, 8)
+
+
+def test_bad_precision_and_device_are_errors():
+    assert check_precision("FP32") == "f32"
+    with pytest.raises(ValueError, match="bf16, f32"):
+        OpenVINOEngine("demo", precision="int4")
+    with pytest.raises(ModelLoadError, match="CPU"):
+        OpenVINOEngine("demo", device="cuda")
+
+
+def test_sdxl_like_pipelines_are_refused_with_a_message():
+    from types import SimpleNamespace
+
+    from studio.openvino_engine import _check_supported
+
+    pipe = SimpleNamespace(text_encoder_2=object(), unet=None, vae=None)
+    with pytest.raises(ModelLoadError, match="SDXL"):
+        _check_supported(pipe)
+
+
+def test_converter_telemetry_is_routed_to_the_stub():
+    from openvino.tools.ovc import convert_impl, telemetry_stub
+
+    from studio.openvino_engine import _no_telemetry
+
+    original = convert_impl.tm
+    with _no_telemetry():
+        assert convert_impl.tm is telemetry_stub
+    assert convert_impl.tm is original
+
+
+def test_importing_the_module_imports_neither_openvino_nor_torch():
+    code = "import sys, studio.openvino_engine; print(sorted(m for m in ('openvino', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
