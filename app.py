@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except EngineError as err:  # e.g. --backend sagemaker --endpoint NAME that does not exist: no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
