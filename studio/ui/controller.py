@@ -85,5 +85,7 @@ class StudioController:
         engine = self.engine_factory(backend, target.strip())
         with self._lock:
             self.engine = engine
-        logger.info("switched to %s backend: %s", backend, target)
-        return engine.status()
+        status = engine.status()
+        # Log the engine's own name, never the raw target: a URL may carry user:password.
+        logger.info("switched to %s backend: %s", backend, status.model or backend)
+        return status
