@@ -227,11 +227,15 @@ CONTRACT_FIELDS = (
 
 
 def get_path(data: dict[str, Any], dotted: str) -> Any:
+    """`data["a"]["b"][0]` for "a.b.0" (dict keys and list indices), or None when any step is missing."""
     node: Any = data
     for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
             return None
-        node = node[part]
     return node
 
 

@@ -178,6 +178,19 @@ def _load_counter() -> dict[str, int]:
     return counts
 
 
+def _malloc_trim() -> bool:
+    """Return glibc's free lists to the OS (malloc_trim(0)), so RSS shows memory held, not allocator caches."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+        return True
+    except (OSError, AttributeError):  # not glibc (musl, macOS): RSS is read untrimmed
+        return False
+
+
 def task_switch(model: str, size: int, steps: int, cycles: int, strength: float = 0.75) -> dict[str, Any]:
     """txt2img -> img2img -> inpaint on one loaded model: weight loads after the first load, and RSS after each."""
     from studio.types import Task
@@ -209,9 +222,20 @@ def task_switch(model: str, size: int, steps: int, cycles: int, strength: float 
             if task == "txt2img":
                 image = result.images[0]
             gc.collect()
-            trace.append({"cycle": cycle + 1, "task": task, "seconds": round(seconds, 3), "rss_mb": rss_mb()})
+            untrimmed = rss_mb()
+            trimmed = untrimmed if not _malloc_trim() else rss_mb()
+            trace.append(
+                {
+                    "cycle": cycle + 1,
+                    "task": task,
+                    "seconds": round(seconds, 3),
+                    "rss_mb": trimmed,
+                    "rss_untrimmed_mb": untrimmed,
+                }
+            )
     base = trace[0]["rss_mb"]
     first_cycle = [t["rss_mb"] for t in trace[1:3]]
+    base_untrimmed = trace[0]["rss_untrimmed_mb"]
     reloads = (counts["load_pipeline"] - loads_at_start["load_pipeline"]) + (
         counts["from_pretrained"] - loads_at_start["from_pretrained"]
     )
@@ -222,6 +246,10 @@ def task_switch(model: str, size: int, steps: int, cycles: int, strength: float 
         "reloads": reloads,
         "rss_increase_pct": round((max(first_cycle) - base) / base * 100, 2),
         "rss_after_all_pct": round((max(t["rss_mb"] for t in trace) - base) / base * 100, 2),
+        "rss_increase_pct_untrimmed": round(
+            (max(t["rss_untrimmed_mb"] for t in trace[1:3]) - base_untrimmed) / base_untrimmed * 100, 2
+        ),
+        "malloc_trim": _malloc_trim(),
         "rss_after_txt2img_mb": base,
         "peak_rss_mb": peak_rss_mb(),
         "shared_modules": shared,
