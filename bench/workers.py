@@ -7,6 +7,7 @@ process, and gives each load-time figure the same starting point. Each task prin
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -259,26 +260,35 @@ def task_switch(model: str, size: int, steps: int, cycles: int, strength: float 
 
 
 def load_time(model: str, rounds: int) -> dict[str, Any]:
-    """engine.load() of the diffusers folder vs the single-file copy, alternating, after one warm-up load each."""
+    """Load (engine.load() plus a 64 px one-step image) of the diffusers folder vs the single-file copy, alternating,
+    after one warm-up load each. `*_s` figures include the first image; `first_image_*` isolates it."""
     from studio.local_engine import LocalEngine
 
     single = str(ensure_single_file(model))
     folder = model_spec(model)
 
-    def loader(spec: str) -> Callable[[], None]:
+    first_image: dict[str, list[float]] = {"folder": [], "single_file": []}
+    tiny = _request(64, 1)
+
+    def loader(name: str, spec: str) -> Callable[[], None]:
         def run() -> None:
             engine = LocalEngine(spec, device="cpu")
             engine.load()
+            # safetensors weights may be memory-mapped and paged in lazily: the first image shows that cost.
+            first_image[name].append(timed(functools.partial(engine.generate, tiny))[0])
             del engine
             gc.collect()
 
         return run
 
-    times = interleave({"folder": loader(folder), "single_file": loader(single)}, rounds=rounds, warmup=1)
+    times = interleave(
+        {"folder": loader("folder", folder), "single_file": loader("single_file", single)}, rounds=rounds, warmup=1
+    )
     return {
         "model": model,
         "folder_s": Stats.of(times["folder"]).as_dict(),
         "single_file_s": Stats.of(times["single_file"]).as_dict(),
+        "first_image_64px_1step_s": {k: Stats.of(v[1:]).as_dict() for k, v in first_image.items()},
         "single_file_vs_folder": ratio_summary(times["single_file"], times["folder"])["ratio"],
         "single_file_bytes": os.path.getsize(single),
     }
