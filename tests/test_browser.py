@@ -17,7 +17,6 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 pytest.importorskip("playwright")
-pytest.register_assert_rewrite("helpers.browser")
 from helpers.browser import (  # noqa: E402
     drag,
     field_value,
@@ -39,7 +38,7 @@ from helpers.browser import (  # noqa: E402
 )
 from playwright.sync_api import expect  # noqa: E402
 
-pytest_plugins = ("helpers.browser",)
+pytest_plugins = ("helpers.browser_plugin",)
 pytestmark = pytest.mark.browser
 
 BLUE = (10, 120, 200)

@@ -17,10 +17,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import requests
-
-pytest.register_assert_rewrite("helpers.browser")
-from helpers.browser import open_studio, open_tab, set_number, set_seed, start_studio, type_prompt  # noqa: E402
-from helpers.servers import FakeEngine, MotoServer, UvicornThread, aws_env  # noqa: E402
+from helpers.browser import open_studio, open_tab, set_number, set_seed, start_studio, type_prompt
+from helpers.servers import FakeEngine, MotoServer, UvicornThread, aws_env
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
@@ -30,7 +28,7 @@ from gradio_client.utils import Status  # noqa: E402
 from studio.engine import EngineError  # noqa: E402
 from studio.types import Task  # noqa: E402
 
-pytest_plugins = ("helpers.browser",)
+pytest_plugins = ("helpers.browser_plugin",)
 
 VALID = dict(
     prompt="a quiet harbour", negative_prompt="", sampler="Euler a", steps=3, cfg_scale=7, seed=11, width=64,
