@@ -18,6 +18,10 @@ from studio.engine import Engine, EngineError
 
 logger = logging.getLogger("studio")
 
+# Largest file a browser or API client may upload (input images and masks); gradio answers 413 above it and keeps
+# nothing. Gradio's default is unlimited, which lets any client fill the temp folder.
+MAX_UPLOAD = "50mb"
+
 
 def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
     """'user:password', or a file with one user:password per line."""
@@ -157,6 +161,7 @@ def launch(settings: Settings, *, prevent_thread_lock: bool = False):
         auth=parse_auth(settings.auth),
         share=settings.share,
         allowed_paths=[str(settings.outputs.resolve())],
+        max_file_size=MAX_UPLOAD,
         css=CSS,
         prevent_thread_lock=prevent_thread_lock,
         show_error=True,
