@@ -422,5 +422,23 @@ def test_invocations_bad_input(serving, case: HttpCase):
     assert after.status_code == 200 and len(after.json()["images"]) == 1
 
 
+def test_gradio_upload_over_the_limit_is_413(studio):
+    """Uploads (input images, masks) are capped (app.MAX_UPLOAD); above it gradio answers 413 and keeps nothing."""
+    import app as studio_app
+
+    app, client = studio
+    limit = 50 * 1024 * 1024
+    assert studio_app.MAX_UPLOAD == "50mb"
+    response = requests.post(
+        f"{app.url}gradio_api/upload", files={"files": ("huge.png", b"\0" * (limit + 1))}, timeout=120
+    )
+    result = f"HTTP {response.status_code}: {response.text[:100]}"
+    record("h06", "gradio HTTP /upload", "upload of 50 MB + 1 byte", result)
+    assert response.status_code == 413 and "maximum allowed size" in response.text
+    ok = requests.post(f"{app.url}gradio_api/upload", files={"files": ("small.png", png_bytes(noise()))}, timeout=30)
+    assert ok.status_code == 200
+    assert_gradio_serves(client)
+
+
 def test_the_table_has_at_least_30_cases():
     assert len(GRADIO_CASES) + len(RAW_GRADIO_CASES) + len(INVOCATION_CASES) >= 30
