@@ -44,13 +44,8 @@ def build_ui(controller: StudioController, limits: Limits | None = None) -> gr.B
 
         _wire_send_to(tabs, tabs_by_task)
         txt = tabs_by_task[Task.TXT2IMG]
-        png_send.click(
-            _params_to_tab,
-            png_parsed,
-            [*_param_outputs(txt), txt.seed, tabs],
-            api_visibility="private",
-            queue=False,
-        )
+        # Queued: gradio shows a handler's gr.Error / gr.Info only for queued events (queue=False drops them).
+        png_send.click(_params_to_tab, png_parsed, [*_param_outputs(txt), txt.seed, tabs], api_visibility="private")
         history_tab.select(refresh_history, None, [history_gallery, history_details], api_visibility="private")
 
         def current_status() -> tuple[Any, str]:
@@ -119,10 +114,9 @@ def _wire_send_to(tabs: gr.Tabs, tabs_by_task: dict[Task, GenerationWidgets]) ->
     for source in tabs_by_task.values():
         for target, button in ((Task.IMG2IMG, source.send_img2img), (Task.INPAINT, source.send_inpaint)):
             dest = tabs_by_task[target]
-            button.click(
+            button.click(  # queued, so "Generate an image first" reaches the user (see png_send)
                 sender(target),
                 [source.gallery, source.selected, source.info],
                 [dest.image, *_param_outputs(dest), tabs],
                 api_visibility="private",
-                queue=False,
             )

@@ -377,9 +377,11 @@ def build_generation_tab(
         if not controller.stop(_session(request)):
             gr.Info("Nothing is running")
 
-    stop.click(stop_run, None, None, api_visibility="private", queue=False)
+    # Queued: gradio shows a handler's gr.Error / gr.Info only for queued events (queue=False drops them).
+    # Stop runs in the default lane, never behind the generation it stops.
+    stop.click(stop_run, None, None, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, api_visibility="private", queue=False)
-    reuse_seed.click(_reuse_seed, [info, selected], seed, api_visibility="private", queue=False)
+    reuse_seed.click(_reuse_seed, [info, selected], seed, api_visibility="private")
     gallery.select(_selected_index, None, selected, api_visibility="private", queue=False)
     event.then(lambda: 0, None, selected, api_visibility="private", queue=False)
     return widgets

@@ -42,6 +42,8 @@ def build_pnginfo_tab() -> tuple[gr.Image, gr.JSON, gr.Button]:
         return read_png_info(path)[1]
 
     # Public API: /png_info(image) -> parsed parameters as JSON.
-    image.change(png_info, image, parsed, api_name="png_info", queue=False)
-    image.change(lambda p: read_png_info(p)[0], image, raw, api_visibility="private", queue=False)
+    # Queued, so an unreadable file's gr.Error is shown; the raw text follows only a successful read (one error).
+    image.change(png_info, image, parsed, api_name="png_info").success(
+        lambda p: read_png_info(p)[0], image, raw, api_visibility="private"
+    )
     return image, parsed, send
