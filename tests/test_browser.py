@@ -197,6 +197,25 @@ def test_send_a_gallery_image_to_img2img_and_inpaint(page, studio):
         assert np.abs(out[y, x] - sent[y, x]).max() <= 1, (y, x)
 
 
+def test_mistakes_get_a_visible_message(page, studio, tmp_path):
+    """Buttons used at the wrong moment say why, in a toast, instead of doing nothing."""
+    open_studio(page, studio.url)
+    page.locator("#txt2img-send-img2img").click()
+    wait_toast(page, r"Generate an image first: the gallery is empty")
+    page.locator("#txt2img-reuse-seed").click()
+    wait_toast(page, r"no seed to reuse")
+    page.locator("#txt2img-stop").click()
+    wait_toast(page, r"Nothing is running")
+    # A file that is not an image, given to PNG Info (the picker takes any file named .png).
+    fake = tmp_path / "notes.png"
+    fake.write_text("these are my notes, not a picture")
+    open_tab(page, "PNG Info")
+    page.locator("#pnginfo-image input[type=file]").set_input_files(fake)
+    wait_toast(page, r"image: not an image file")
+    page.locator("#pnginfo-send-txt2img").click()
+    wait_toast(page, r"No parameters to send")
+
+
 A1111_TEXT = (
     "a castle on a hill, oil painting\n"
     "Negative prompt: fog, people\n"
