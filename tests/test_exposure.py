@@ -283,6 +283,32 @@ def test_api_cannot_make_the_server_read_local_files(open_studio):
         assert "root:" not in stream and "TOPSECRET" not in stream
 
 
+def test_a_foreign_web_page_cannot_drive_the_local_studio(open_studio):
+    """A site the user visits must not be able to start generations on http://127.0.0.1:7860 (CSRF): the CORS
+    preflight gives a foreign origin no Access-Control-Allow-Origin, and a "simple" (text/plain) POST is refused."""
+    studio, _ = open_studio
+    foreign = {"Origin": "https://evil.example"}
+    preflight = requests.options(
+        f"{studio.url}gradio_api/call/txt2img",
+        headers={**foreign, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"},
+        timeout=10,
+    )
+    assert "access-control-allow-origin" not in {k.lower() for k in preflight.headers}
+    simple = requests.post(
+        f"{studio.url}gradio_api/call/txt2img",
+        data='{"data": ["x", "", "Euler a", 2, 7, 1, 64, 64, 1]}',
+        headers={**foreign, "Content-Type": "text/plain"},
+        timeout=10,
+    )
+    assert simple.status_code == 422
+    local = requests.options(
+        f"{studio.url}gradio_api/call/txt2img",
+        headers={"Origin": studio.url.rstrip("/"), "Access-Control-Request-Method": "POST"},
+        timeout=10,
+    )
+    assert local.headers.get("access-control-allow-origin") == studio.url.rstrip("/")
+
+
 # ---- checkpoints that carry code -------------------------------------------------------------------------------------
 class _Payload:
     """Unpickling this runs `command` (it would create the marker file)."""
