@@ -126,7 +126,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "NO"
     if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
 
 
@@ -150,6 +150,9 @@ def table(results: dict[str, Any]) -> str:
         extra = spread.get(goal.field, lambda r: "")(results) or ""
         rows.append((goal.field, _fmt(entry["value"]), goal.text, met, extra))
     for label, path, unit in (
+        ("engine_vs_raw: interleaved pairs", "engine_vs_raw.cases.0.ratio_interleaved", ""),
+        ("engine_vs_raw: own time outside call", "engine_vs_raw.cases.0.engine_outside_pipeline_ms.median", " ms"),
+        ("engine_vs_raw: from outside time", "engine_vs_raw.cases.0.ratio_from_outside", ""),
         ("engine_vs_raw (sd15 256² 4 steps)", "engine_vs_raw.cases.1.ratio", ""),
         ("openvino end-to-end speedup", "openvino_vs_torch.end_to_end.speedup", ""),
         ("openvino f32 max pixel diff (demo)", "openvino_vs_torch.accuracy_demo.f32.max_pixel_diff", ""),

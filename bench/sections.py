@@ -68,7 +68,7 @@ class Profile:
 
 QUICK = Profile(
     name="quick",
-    engine_cases=(("demo", 256, 10, 8),),
+    engine_cases=(("demo", 256, 10, 12),),
     serving_requests=6,
     load_requests=50,
     load_concurrency=4,
@@ -85,7 +85,7 @@ QUICK = Profile(
 )
 FULL = Profile(
     name="full",
-    engine_cases=(("demo", 256, 10, 12), ("sd15", 256, 4, 3)),
+    engine_cases=(("demo", 256, 10, 20), ("sd15", 256, 4, 3)),
     serving_requests=12,
     load_requests=50,
     load_concurrency=4,

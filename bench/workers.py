@@ -109,8 +109,30 @@ def engine_vs_raw(model: str, size: int, steps: int, sampler: str, rounds: int, 
     raw.set_progress_bar_config(disable=True)
     request = _request(size, steps, sampler)
 
+    # Time spent inside the pipeline's __call__ during engine.generate: the rest is the engine's own work
+    # (validation, per-call pipeline + scheduler, image conversion, infotext). That part is deterministic, so it
+    # stays readable when neighbours make whole-call times noisy.
+    pipeline_class = type(base)
+    original_call = pipeline_class.__call__
+    inside: list[float] = []
+    outside: list[float] = []
+
+    def timed_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return original_call(self, *args, **kwargs)
+        finally:
+            inside.append(time.perf_counter() - started)
+
     def run_engine() -> Any:
-        return engine.generate(request).images[0]
+        inside.clear()
+        pipeline_class.__call__ = timed_call
+        try:
+            total, result = timed(lambda: engine.generate(request))
+        finally:
+            pipeline_class.__call__ = original_call
+        outside.append(total - sum(inside))
+        return result.images[0]
 
     def run_raw() -> Any:
         return raw(
@@ -136,6 +158,12 @@ def engine_vs_raw(model: str, size: int, steps: int, sampler: str, rounds: int, 
     construct_s = statistics.median(
         timed(lambda: type(base)(**{**components, "scheduler": scheduler}, **options))[0] for _ in range(10)
     )
+    # Two estimates of engine/raw: the median of interleaved pairs (direct, but a neighbour's burst can push it
+    # either way) and 1 + the engine's own time outside the pipeline call / the raw call (deterministic). The
+    # headline `ratio` is the worse of the two, so a noisy machine cannot produce a false pass.
+    summary = ratio_summary(times["engine"], times["raw"])
+    from_outside = round(1 + statistics.median(outside[1 + warmup :]) / min(times["raw"]), 4)
+    summary["ratio"] = max(summary["ratio"], from_outside)
     return {
         "model": model,
         "size": size,
@@ -143,8 +171,12 @@ def engine_vs_raw(model: str, size: int, steps: int, sampler: str, rounds: int, 
         "sampler": sampler,
         "engine_s": Stats.of(times["engine"]).as_dict(),
         "raw_s": Stats.of(times["raw"]).as_dict(),
-        **ratio_summary(times["engine"], times["raw"]),
+        **summary,
+        "ratio_interleaved": summary["ratio"],
         "overhead_ms": round((statistics.median(times["engine"]) - statistics.median(times["raw"])) * 1000, 1),
+        "rounds_s": {name: [round(t, 4) for t in values] for name, values in times.items()},
+        "engine_outside_pipeline_ms": Stats.of(outside[1 + warmup :]).as_dict(1000, 2),
+        "ratio_from_outside": from_outside,
         "same_image_pixel_diff": same,
         "diagnosis": {
             "per_call_from_pipe_ms": round(from_pipe_s * 1000, 2),
