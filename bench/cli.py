@@ -97,10 +97,11 @@ def run(selected: list[str], *, quick: bool, verbose: bool = False, rounds: int 
         set_default_path(results, dotted, None)
     results["goals"] = evaluate_goals(results)
     for field, goal in results["goals"].items():  # also next to the value, for readers of one section
-        parent = field.rsplit(".", 1)[0] if "." in field else None
-        if parent and isinstance(results.get(parent), dict):
-            results[parent].setdefault("goal", goal["goal"])
-            results[parent].setdefault("met", goal["met"])
+        if "." not in field:
+            continue
+        parent, leaf = field.rsplit(".", 1)
+        if isinstance(results.get(parent), dict):
+            results[parent].setdefault("goals", {})[leaf] = {"goal": goal["goal"], "met": goal["met"]}
     results["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     return results

@@ -162,8 +162,9 @@ def engine_vs_raw(model: str, size: int, steps: int, sampler: str, rounds: int, 
     # either way) and 1 + the engine's own time outside the pipeline call / the raw call (deterministic). The
     # headline `ratio` is the worse of the two, so a noisy machine cannot produce a false pass.
     summary = ratio_summary(times["engine"], times["raw"])
+    interleaved = summary["ratio"]
     from_outside = round(1 + statistics.median(outside[1 + warmup :]) / min(times["raw"]), 4)
-    summary["ratio"] = max(summary["ratio"], from_outside)
+    summary["ratio"] = max(interleaved, from_outside)
     return {
         "model": model,
         "size": size,
@@ -172,7 +173,7 @@ def engine_vs_raw(model: str, size: int, steps: int, sampler: str, rounds: int, 
         "engine_s": Stats.of(times["engine"]).as_dict(),
         "raw_s": Stats.of(times["raw"]).as_dict(),
         **summary,
-        "ratio_interleaved": summary["ratio"],
+        "ratio_interleaved": interleaved,
         "overhead_ms": round((statistics.median(times["engine"]) - statistics.median(times["raw"])) * 1000, 1),
         "rounds_s": {name: [round(t, 4) for t in values] for name, values in times.items()},
         "engine_outside_pipeline_ms": Stats.of(outside[1 + warmup :]).as_dict(1000, 2),

@@ -101,6 +101,7 @@ def test_quick_run_of_a_fast_subset_writes_the_contract_json(tmp_path):
     assert isinstance(data["task_switch"]["rss_increase_pct"], float)
     assert data["serving_overhead_ms_512"] is None and data["openvino_vs_torch"]["speedup"] is None  # not selected
     assert data["goals"]["engine_vs_raw.ratio"]["goal"] == "<= 1.03"
+    assert data["task_switch"]["goals"]["reloads"] == {"goal": "== 0", "met": True}
     assert data["sections"] == {name: data["sections"][name] for name in ("engine_vs_raw", "task_switch")}
     assert all(s["status"] == "ok" for s in data["sections"].values())
     assert "engine_vs_raw.ratio" in proc.stdout  # the printed table
