@@ -716,3 +716,19 @@ class OpenVINOEngine(LocalEngine):
         else:
             status.details["accelerator"] = f"OpenVINO ({self.precision}), not loaded yet"
         return status
+
+
+ENGINES = ("torch", "openvino")
+
+
+def local_engine_for(engine: str, model: str | None = None, *, precision: str = DEFAULT_PRECISION, **kwargs: Any):
+    """The local engine for `engine` ("torch" → LocalEngine, "openvino" → OpenVINOEngine), not loaded yet.
+
+    One call site for app.py / serving.py: ``local_engine_for(settings.engine, settings.model, device=...,
+    precision=settings.openvino_precision, ...)``. `precision` is ignored by the torch engine.
+    """
+    if engine == "torch":
+        return LocalEngine(model, **kwargs)
+    if engine == "openvino":
+        return OpenVINOEngine(model, precision=precision, **kwargs)
+    raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")

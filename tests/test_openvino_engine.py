@@ -188,3 +188,26 @@ def test_importing_the_module_imports_neither_openvino_nor_torch():
     code = "import sys, studio.openvino_engine; print(sorted(m for m in ('openvino', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_engine_factory_picks_the_class():
+    from studio.openvino_engine import local_engine_for
+
+    assert type(local_engine_for("torch", "demo", device="cpu")) is LocalEngine
+    assert isinstance(local_engine_for("openvino", "demo", precision="f32"), OpenVINOEngine)
+    with pytest.raises(ValueError, match="torch, openvino"):
+        local_engine_for("tensorrt", "demo")
+
+
+@pytest.mark.slow
+def test_dedicated_inpainting_model_runs_on_openvino(torch_engine, ir_cache):
+    """A 9-channel inpainting UNet (loaded next to the base model) converts too and matches torch."""
+    engine = OpenVINOEngine("demo", precision="f32", openvino_cache=ir_cache, inpaint_model="demo-inpaint")
+    engine.load()
+    reference = LocalEngine("demo", device="cpu", inpaint_model="demo-inpaint")
+    reference.load()
+    unet = engine.pipelines[Task.INPAINT].unet
+    assert is_openvino_module(unet) and unet.config.in_channels == 9
+    request = BASE.replace(image=init_image(), mask=center_mask(), strength=0.9, steps=5)
+    diff = np.abs(pixels(engine.generate(request).images[0]) - pixels(reference.generate(request).images[0]))
+    assert diff.max() <= F32_MAX_LEVELS
