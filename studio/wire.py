@@ -112,8 +112,17 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def redact_url(url: str) -> str:
-    """Drop user:password@ from a URL so it can appear in messages and logs."""
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", url)
+    """A URL safe for messages and logs: no user:password@ (even with a '/' in the password), no query or fragment
+    (they may carry tokens such as X-Amz-Security-Token)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)(.*)$", url or "", flags=re.DOTALL)
+    if not match:
+        return url.split("?", 1)[0].split("#", 1)[0] if url else url
+    scheme, rest = match.groups()
+    rest = rest.rsplit("@", 1)[-1]  # credentials end at the last '@' before the host
+    parts = urlsplit(scheme + rest)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def parse_s3_uri(uri: str, field: str = "s3_uri", *, need_key: bool = True) -> tuple[str, str]:

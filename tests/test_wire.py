@@ -356,3 +356,19 @@ def test_s3_errors_name_the_field():
         wire.decode_request({"prompt": "x", "input_image": "s3://bucket/missing.png"}, s3_client=s3)
     with pytest.raises(RequestError, match=r"^input_image: .*no object key"):
         wire.decode_request({"prompt": "x", "input_image": "s3://bucket"}, s3_client=s3)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://admin:secret/x@127.0.0.1:9/path?api_key=SECRET",
+        "https://user:SECRET@host/x?X-Amz-Security-Token=SECRET#frag",
+        "http://127.0.0.1:8080/invocations?token=SECRET",
+    ],
+)
+def test_redact_url_drops_credentials_and_query(url):
+    from studio.wire import redact_url
+
+    redacted = redact_url(url)
+    assert "SECRET" not in redacted and "secret" not in redacted
+    assert redacted.startswith(("http://", "https://"))
