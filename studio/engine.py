@@ -19,7 +19,14 @@ class CancelToken(Protocol):
 
 
 class EngineError(RuntimeError):
-    """The engine could not produce a result (load failure, backend failure, remote error)."""
+    """The engine could not produce a result (load failure, backend failure, remote error).
+
+    `partial` holds the images of the run that were finished before the failure (or None), so they are not lost.
+    """
+
+    def __init__(self, message: str = "", partial: GenerationResult | None = None):
+        super().__init__(message)
+        self.partial = partial
 
 
 class ModelLoadError(EngineError):
@@ -34,8 +41,7 @@ class GenerationCancelled(EngineError):
     """The user pressed Stop. `partial` holds the images finished before the stop (may be None)."""
 
     def __init__(self, message: str = "generation stopped", partial: GenerationResult | None = None):
-        super().__init__(message)
-        self.partial = partial
+        super().__init__(message, partial)
 
 
 @dataclass

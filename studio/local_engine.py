@@ -301,14 +301,11 @@ class LocalEngine:
         on_progress: ProgressCallback | None,
         cancel: CancelToken | None,
     ) -> GenerationResult:
-        import torch
-
         started = time.perf_counter()
         if loaded.model_hash is None:
             from studio import models
 
             loaded.model_hash = models.model_hash(loaded.source)
-        seeds = request.seeds()
         result = GenerationResult(
             images=[],
             seeds=[],
@@ -318,6 +315,29 @@ class LocalEngine:
             backend="local",
             warnings=warnings,
         )
+        try:
+            self._run_images(loaded, pipe, request, call_args, result, on_progress, cancel)
+        except EngineError as err:  # keep what was finished: the caller saves it
+            if err.partial is None and result.images:
+                err.partial = result
+            raise
+        result.timings["generate"] = time.perf_counter() - started
+        return result
+
+    def _run_images(
+        self,
+        loaded: _Loaded,
+        pipe: Any,
+        request: GenerationRequest,
+        call_args: dict[str, Any],
+        result: GenerationResult,
+        on_progress: ProgressCallback | None,
+        cancel: CancelToken | None,
+    ) -> None:
+        """Generate each image with its own CPU generator (seed + i), appending to `result` as they finish."""
+        import torch
+
+        seeds = request.seeds()
         per_image = _expected_steps(request)
         total = per_image * len(seeds)
         for index, seed in enumerate(seeds):
@@ -371,8 +391,6 @@ class LocalEngine:
             result.infotexts.append(
                 metadata.format_infotext(request, seed, model=loaded.source.name, model_hash=loaded.model_hash or "")
             )
-        result.timings["generate"] = time.perf_counter() - started
-        return result
 
     @staticmethod
     def _decode_fp32(pipe: Any, latents: Any, array: Any) -> Any:

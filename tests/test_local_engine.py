@@ -194,3 +194,23 @@ def test_generate_during_first_load_waits_for_it():
         assert eng.generate(BASE).images[0].size == (64, 64)
     finally:
         loader.join()
+
+
+def test_failure_part_way_keeps_finished_images(engine, monkeypatch):
+    from studio.engine import EngineError
+
+    pipe = engine.pipelines[Task.TXT2IMG]
+    calls = {"n": 0}
+    real_forward = pipe.unet.forward
+
+    def flaky_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:  # the second image (3 steps each) fails
+            raise RuntimeError("injected UNet failure")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(pipe.unet, "forward", flaky_forward)
+    with pytest.raises(EngineError, match="injected UNet failure") as info:
+        engine.generate(BASE.replace(count=3))
+    assert info.value.partial is not None and info.value.partial.seeds == [1234]
+    assert len(info.value.partial.images) == 1

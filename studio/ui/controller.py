@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from studio.engine import Engine, EngineError, EngineStatus, GenerationCancelled, ProgressCallback
+from studio.engine import Engine, EngineError, EngineStatus, ProgressCallback
 from studio.gallery import OutputStore
 from studio.types import GenerationRequest, GenerationResult
 
@@ -38,7 +38,7 @@ class StudioController:
     ) -> GenerationResult:
         """Run the request on the active engine and save every image before returning it.
 
-        On Stop the images finished before it are saved too; GenerationCancelled carries them.
+        On Stop or a failure part-way, the images finished before it are saved too (the error carries them).
         """
         token = threading.Event()
         with self._lock:
@@ -46,9 +46,9 @@ class StudioController:
             engine = self.engine
         try:
             result = engine.generate(request, on_progress=on_progress, cancel=token)
-        except GenerationCancelled as stopped:
-            if stopped.partial is not None and stopped.partial.images:
-                self.store.save(stopped.partial)
+        except EngineError as err:  # GenerationCancelled included
+            if err.partial is not None and err.partial.images:
+                self.store.save(err.partial)
             raise
         finally:
             with self._lock:

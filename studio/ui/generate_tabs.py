@@ -133,7 +133,9 @@ def run_generation(
         info = {**partial.info(), "stopped": str(stopped)}
         gr.Warning(f"Stopped: {stopped}; kept {len(partial.images)} image(s)")
     except EngineError as err:
-        raise gr.Error(str(err), title="Generation failed") from None
+        kept = len(err.partial.images) if err.partial is not None else 0
+        note = f" ({kept} image(s) finished before the failure were saved: see History)" if kept else ""
+        raise gr.Error(f"{err}{note}", title="Generation failed") from None
     for note in result.warnings:
         gr.Warning(note)
     gallery = [(path, f"seed {seed}") for path, seed in zip(result.paths, result.seeds, strict=True)]
