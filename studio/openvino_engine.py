@@ -700,8 +700,8 @@ class OpenVINOEngine(LocalEngine):
         self.openvino_cache = Path(openvino_cache) if openvino_cache is not None else None
         self.report: OpenVINOReport | None = None
 
-    def _load(self, models: Any, spec: str | None, inpaint_spec: str | None) -> Any:
-        loaded = super()._load(models, spec, inpaint_spec)
+    def _load(self, models: Any, *args: Any, **kwargs: Any) -> Any:
+        loaded = super()._load(models, *args, **kwargs)  # the torch pipelines, exactly as LocalEngine builds them
         self.report = apply_openvino(loaded.pipes.values(), self.openvino_cache, self.precision)
         return loaded
 
