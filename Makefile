@@ -38,7 +38,7 @@ bench: install-dev
 	HF_HUB_OFFLINE=1 $(PY) -m bench $(ARGS)
 
 lint: install-dev
-	$(PY) -m ruff check studio tests app.py
+	$(PY) -m ruff check studio tests app.py bench
 
 clean-cache:
 	rm -rf .cache

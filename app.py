@@ -73,12 +73,14 @@ class EngineRegistry:
         self._lock = threading.Lock()
 
     def local(self, model: str | None = None):
-        from studio.local_engine import LocalEngine
+        from studio.openvino_engine import local_engine_for
 
         with self._lock:
             if self._local is None:
-                self._local = LocalEngine(
+                self._local = local_engine_for(
+                    self.settings.engine,
                     model if model is not None else self.settings.model,
+                    precision=self.settings.openvino_precision,
                     models_dir=self.settings.models_dir,
                     device=self.settings.device,
                     inpaint_model=self.settings.inpaint_model,

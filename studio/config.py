@@ -48,6 +48,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 7860
     device: str = "auto"  # auto | cuda | cpu
+    engine: str = "torch"  # torch | openvino (CPU fast path)
+    openvino_precision: str = "bf16"  # bf16 (fast on CPUs with native bf16) | f32 (exact)
     backend: str = "local"  # local | sagemaker | http
     url: str | None = None  # --backend http
     endpoint: str | None = None  # --backend sagemaker
@@ -59,6 +61,10 @@ class Settings:
     def validate(self) -> Settings:
         if self.device not in ("auto", "cuda", "cpu"):
             raise ConfigError(f"--device: expected auto, cuda or cpu, got {self.device!r}")
+        if self.engine not in ("torch", "openvino"):
+            raise ConfigError(f"--engine: expected torch or openvino, got {self.engine!r}")
+        if self.openvino_precision not in ("bf16", "f32"):
+            raise ConfigError(f"--openvino-precision: expected bf16 or f32, got {self.openvino_precision!r}")
         if self.backend not in ("local", "sagemaker", "http"):
             raise ConfigError(f"--backend: expected local, sagemaker or http, got {self.backend!r}")
         if self.backend == "http" and not self.url:
@@ -79,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (STUDIO_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (STUDIO_PORT, default 7860)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], help="(STUDIO_DEVICE, default auto)")
+    p.add_argument(
+        "--engine", choices=["torch", "openvino"], help="local engine; openvino = CPU fast path (STUDIO_ENGINE)"
+    )
+    p.add_argument("--openvino-precision", choices=["bf16", "f32"], help="(STUDIO_OPENVINO_PRECISION, default bf16)")
     p.add_argument("--backend", choices=["local", "sagemaker", "http"], help="(STUDIO_BACKEND, default local)")
     p.add_argument("--url", help="serving app URL for --backend http (STUDIO_URL)")
     p.add_argument("--endpoint", help="SageMaker endpoint name for --backend sagemaker (STUDIO_ENDPOINT)")
@@ -96,6 +106,8 @@ _ENV = {
     "host": ("STUDIO_HOST", str),
     "port": ("STUDIO_PORT", int),
     "device": ("STUDIO_DEVICE", str),
+    "engine": ("STUDIO_ENGINE", str),
+    "openvino_precision": ("STUDIO_OPENVINO_PRECISION", str),
     "backend": ("STUDIO_BACKEND", str),
     "url": ("STUDIO_URL", str),
     "endpoint": ("STUDIO_ENDPOINT", str),

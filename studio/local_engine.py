@@ -9,6 +9,7 @@ seeded `seed + i`, so any image of a run can be reproduced alone (A1111's conven
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -344,9 +345,7 @@ class LocalEngine:
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled(f"stopped after {index} of {len(seeds)} images", partial=result)
             # A light pipeline object for this call only: same modules, its own scheduler.
-            call_pipe = type(pipe).from_pipe(
-                pipe, scheduler=make_scheduler(request.sampler, pipe.scheduler.config), dtype=loaded.dtype
-            )
+            call_pipe = _call_pipeline(pipe, make_scheduler(request.sampler, pipe.scheduler.config))
             call_pipe.set_progress_bar_config(disable=True)
             last: dict[str, Any] = {}
 
@@ -411,6 +410,24 @@ class LocalEngine:
         if not _finite(array):
             raise EngineError("the model produced NaN pixels even with the VAE in fp32")
         return array
+
+
+def _call_pipeline(pipe: Any, scheduler: Any) -> Any:
+    """A light per-call pipeline: the same modules and config values, its own scheduler.
+
+    This is `from_pipe` without its `.to()` walk over every module, which cost 8-19 ms per call (measured by
+    `python -m bench`: engine_vs_raw 1.035 -> 1.008) and logged two warnings per call.
+    """
+    cls = type(pipe)
+    names = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+    components = pipe.components
+    kwargs = {
+        n: components[n] if n in components else pipe.config[n] for n in names if n in components or n in pipe.config
+    }
+    call = cls(**{**kwargs, "scheduler": scheduler})
+    if "_name_or_path" in pipe.config:
+        call.register_to_config(_name_or_path=pipe.config["_name_or_path"])
+    return call
 
 
 def _expected_steps(request: GenerationRequest) -> int:

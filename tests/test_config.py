@@ -52,3 +52,13 @@ def test_exposure_needs_auth():
     assert parse_auth("me:secret:x") == [("me", "secret:x")]
     with pytest.raises(ConfigError):
         parse_auth("nocolon")
+
+
+def test_engine_choice():
+    assert load_settings([], environ={}).engine == "torch"
+    s = load_settings(["--engine", "openvino", "--openvino-precision", "f32"], environ={})
+    assert (s.engine, s.openvino_precision) == ("openvino", "f32")
+    with pytest.raises(ConfigError, match="--engine"):
+        load_settings([], environ={"STUDIO_ENGINE": "tensorrt"})
+    with pytest.raises(ConfigError, match="--openvino-precision"):
+        load_settings([], environ={"STUDIO_OPENVINO_PRECISION": "int4"})
