@@ -7,7 +7,8 @@
 # SageMaker starts it as `docker run IMAGE serve`: the `serve` console script (studio.serving:serve_main) drops that
 # leading "serve" and listens on 0.0.0.0:8080 (GET /ping, POST /invocations). The model comes from --model,
 # STUDIO_MODEL (a hub id), or /opt/ml/model (a diffusers folder or one .safetensors/.ckpt file), else the demo model.
-# Other settings: STUDIO_S3_OUTPUT, STUDIO_MAX_BODY_BYTES, STUDIO_ALLOW_URLS, STUDIO_MAX_* (see studio/serving.py).
+# Other settings: STUDIO_S3_OUTPUT, STUDIO_S3_ALLOWED_PREFIXES, STUDIO_MAX_BODY_BYTES, STUDIO_ALLOW_URLS, STUDIO_MAX_* (see
+# studio/serving.py).
 
 ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim

@@ -60,6 +60,8 @@ class ServingSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     allow_urls: bool = False  # fetch http(s) image URLs (off: a server fetching arbitrary URLs is an SSRF risk)
     s3_output: str | None = None  # s3://bucket/prefix: write images there and return their URIs
+    # s3:// locations requests may read from or write to; empty = any the container's IAM role can reach.
+    s3_allowed_prefixes: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -69,6 +71,7 @@ class ServingSettings:
             max_body_bytes=_env_int(env, "STUDIO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             allow_urls=_env_bool(env, "STUDIO_ALLOW_URLS", False),
             s3_output=env.get("STUDIO_S3_OUTPUT", "").strip() or None,
+            s3_allowed_prefixes=_s3_prefixes(env.get("STUDIO_S3_ALLOWED_PREFIXES", "")),
             limits=limits_from_env(env),
         )
         if settings.max_body_bytes <= 0:
@@ -79,6 +82,35 @@ class ServingSettings:
             except RequestError as exc:
                 raise ConfigError(str(exc)) from None
         return settings
+
+
+def _s3_prefixes(text: str) -> tuple[str, ...]:
+    """STUDIO_S3_ALLOWED_PREFIXES: comma-separated s3://bucket[/prefix]; a bare bucket means the whole bucket."""
+    prefixes = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            bucket, key = wire.parse_s3_uri(item, "STUDIO_S3_ALLOWED_PREFIXES", need_key=False)
+        except RequestError as exc:
+            raise ConfigError(str(exc)) from None
+        prefixes.append(f"s3://{bucket}/{key}")  # "s3://b/" so that s3://b-other/ does not match
+    return tuple(prefixes)
+
+
+def check_s3_locations(payload: Any, allowed: tuple[str, ...]) -> None:
+    """Refuse s3:// inputs or outputs outside the allowed prefixes (the endpoint's role may reach more buckets
+    than its callers should). RequestError names the field."""
+    if not allowed or not isinstance(payload, dict):
+        return
+    items = list(payload.items())
+    if isinstance(payload.get("parameters"), dict):
+        items += list(payload["parameters"].items())
+    for key, value in items:
+        if isinstance(value, str) and value.startswith("s3://") and not value.startswith(allowed):
+            raise RequestError(
+                key, value, f"{value} is outside the S3 locations this endpoint may use (STUDIO_S3_ALLOWED_PREFIXES)"
+            )
 
 
 class LazyS3Client:
@@ -126,6 +158,7 @@ class Invoker:
         self._lock = threading.Lock()
 
     def decode(self, payload: Any) -> wire.Invocation:
+        check_s3_locations(payload, self.settings.s3_allowed_prefixes)
         return wire.decode_invocation(
             payload, allow_urls=self.settings.allow_urls, s3_client=self.s3_client, limits=self.settings.limits
         )

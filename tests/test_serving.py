@@ -388,3 +388,26 @@ def test_docker_build_context_installs_and_serve_runs_like_sagemaker(tmp_path):
         process.terminate()
         process.wait(timeout=20)
     assert f"serving {model_dir}" in log.read_text()
+
+
+# ---- S3 allow-list ---------------------------------------------------------------------------------------------
+def test_s3_locations_outside_the_allowed_prefixes_are_refused():
+    png = base64.b64decode(png_b64(gradient(64, 64)))
+    s3 = FakeS3({("inputs", "ok/a.png"): png, ("inputs-other", "a.png"): png, ("secret", "a.png"): png})
+    settings = serving.ServingSettings.from_env({"STUDIO_S3_ALLOWED_PREFIXES": "s3://inputs/ok/, s3://outbox"})
+    assert settings.s3_allowed_prefixes == ("s3://inputs/ok/", "s3://outbox/")
+    engine = FakeEngine(loaded=True)
+    base = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "strength": 0.5}
+    with UvicornThread(create_app(engine, settings=settings, load=False, s3_client=s3)) as server:
+        for payload, field in (
+            ({**base, "input_image": "s3://secret/a.png"}, "input_image"),
+            ({**base, "input_image": "s3://inputs-other/a.png"}, "input_image"),  # a bare bucket is not a prefix
+            ({**base, "input_image": "s3://inputs/ok/a.png", "s3_output": "s3://elsewhere/out"}, "s3_output"),
+        ):
+            response = post(server.url, payload)
+            assert response.status_code == 400, payload
+            assert response.json()["field"] == field
+            assert "STUDIO_S3_ALLOWED_PREFIXES" in response.json()["error"]
+        assert post(server.url, {**base, "input_image": "s3://inputs/ok/a.png"}).status_code == 200
+    with pytest.raises(serving.ConfigError, match="STUDIO_S3_ALLOWED_PREFIXES"):
+        serving.ServingSettings.from_env({"STUDIO_S3_ALLOWED_PREFIXES": "http://nope"})
