@@ -237,8 +237,8 @@ def build_generation_tab(
                 seed = field_input(
                     gr.Number(label="Seed (-1 = random)", value=-1, precision=0, scale=4, elem_id=f"{prefix}-seed")
                 )
-                random_seed = gr.Button("Random", scale=0, min_width=72, elem_id=f"{prefix}-random-seed")
-                reuse_seed = gr.Button("Reuse last", scale=0, min_width=90, elem_id=f"{prefix}-reuse-seed")
+                random_seed = gr.Button("Random", size="sm", scale=0, min_width=72, elem_id=f"{prefix}-random-seed")
+                reuse_seed = gr.Button("Reuse last", size="sm", scale=0, min_width=90, elem_id=f"{prefix}-reuse-seed")
         with gr.Column(scale=6):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", scale=3, elem_id=f"{prefix}-generate")
