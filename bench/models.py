@@ -10,16 +10,15 @@ real ones. Single-file (.safetensors, original A1111 key layout) copies are writ
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
+
+from studio.models import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +35,6 @@ def bench_cache() -> Path:
     return cache_dir() / "bench"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def fullsize_dir() -> Path:
     """Where the full-size random SD 1.5 model lives (it may not exist yet; see `ensure_fullsize`)."""
     return bench_cache() / FULLSIZE_NAME
@@ -57,7 +45,7 @@ def ensure_fullsize() -> Path:
     target = fullsize_dir()
     if (target / "model_index.json").is_file():
         return target
-    with _file_lock(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock")):
         if not (target / "model_index.json").is_file():
             _build_fullsize(target)
     return target
@@ -120,7 +108,7 @@ def ensure_single_file(name: str) -> Path:
     target = bench_cache() / f"{name if name != 'sd15' else FULLSIZE_NAME}.safetensors"
     if target.is_file():
         return target
-    with _file_lock(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock")):
         if target.is_file():
             return target
         tests = str(_REPO / "tests")

@@ -234,7 +234,7 @@ def resolve_model(spec: str | None, models_dir: Path) -> ModelSource:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive fcntl lock on `path` (created if needed), so parallel processes build a cache entry once."""
     import fcntl
 
@@ -338,7 +338,7 @@ def _clip_tokenizer_dir() -> Path:
     folder = cache_dir() / "clip-tokenizer"
     if (folder / "tokenizer.json").is_file():
         return folder
-    with _file_lock(folder.with_name("clip-tokenizer.lock")):
+    with file_lock(folder.with_name("clip-tokenizer.lock")):
         if (folder / "tokenizer.json").is_file():
             return folder
         from transformers import CLIPTokenizer
@@ -462,7 +462,7 @@ def demo_model_dir(inpaint: bool = False) -> Path:
     target = cache_dir() / (f"demo-inpaint-{DEMO_VERSION}" if inpaint else f"demo-{DEMO_VERSION}")
     if (target / "model_index.json").is_file():
         return target
-    with _file_lock(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock")):
         if not (target / "model_index.json").is_file():
             build_demo(target, inpaint=inpaint)
     return target
@@ -608,7 +608,7 @@ def shipped_config_dir(config: str) -> Path:
     target = cache_dir() / "configs" / f"{config}-{digest.hexdigest()[:12]}"
     if (target / "model_index.json").is_file():
         return target
-    with _file_lock(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock")):
         if (target / "model_index.json").is_file():
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -818,7 +818,7 @@ def _sha256_files(files: list[Path]) -> str:
                 digest.update(chunk)
     value = digest.hexdigest()
     logger.info("hashed %s in %.1fs", ", ".join(f.name for f in files), time.perf_counter() - started)
-    with _file_lock(index_path.with_name("hashes.json.lock")):
+    with file_lock(index_path.with_name("hashes.json.lock")):
         try:
             index = json.loads(index_path.read_text())
         except (OSError, ValueError):

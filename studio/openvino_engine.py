@@ -33,7 +33,6 @@ Plug-in points: `OpenVINOEngine` (a LocalEngine that applies this after loading)
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import hashlib
 import json
@@ -51,6 +50,7 @@ from typing import Any
 
 from studio.engine import EngineError, EngineStatus, ModelLoadError
 from studio.local_engine import LocalEngine
+from studio.models import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -311,18 +311,6 @@ def ir_key(fingerprint: str, spec_name: str, shape_key: str, weight_format: str,
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock so two processes converting the same model do it once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
 def _no_telemetry() -> Iterator[None]:
     """Route the model converter's telemetry to OpenVINO's own no-op stub while converting.
 
@@ -372,7 +360,7 @@ def _ir_path(
     xml = folder / "model.xml"
     if xml.is_file() and (folder / "model.bin").is_file():
         return xml, True, 0.0
-    with _file_lock(cache / f".{spec.name}-{key}.lock"):
+    with file_lock(cache / f".{spec.name}-{key}.lock"):
         if xml.is_file() and (folder / "model.bin").is_file():
             return xml, True, 0.0
         started = time.perf_counter()
