@@ -377,7 +377,10 @@ def build_generation_tab(
 
     def stop_run(request: gr.Request) -> None:
         if not controller.stop(_session(request)):
-            gr.Info("Nothing is running")
+            gr.Info(
+                "Nothing is running for you right now (a run still waiting in the queue cannot be stopped; "
+                "it starts when the engine is free)"
+            )
 
     # Queued: gradio shows a handler's gr.Error / gr.Info only for queued events (queue=False drops them).
     # Stop runs in the default lane, never behind the generation it stops.
