@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from studio.models import file_lock
+from studio.models import file_lock, save_pipeline_dir
 
 logger = logging.getLogger(__name__)
 
@@ -78,15 +77,7 @@ def _build_fullsize(target: Path) -> None:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        if target.exists():  # an incomplete leftover from a killed build
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    save_pipeline_dir(pipe, target)
     logger.info("built %s in %.0fs", target, time.perf_counter() - started)
 
 

@@ -266,6 +266,20 @@ def _publish_dir(tmp: Path, target: Path) -> None:
         os.rename(tmp, target)
 
 
+def save_pipeline_dir(pipe: Any, target: Path) -> Path:
+    """Write `pipe` as a diffusers folder (safetensors) at `target` atomically: readers never see half a model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        _apply_umask(tmp)
+        _publish_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 def _current_umask() -> int:
     try:  # Linux: read it without changing it (os.umask would briefly change it for all threads)
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -443,14 +457,7 @@ def build_demo(target: Path, inpaint: bool = False) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        _apply_umask(tmp)
-        _publish_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    save_pipeline_dir(pipe, target)
     logger.info(
         "built the %sdemo model in %s (%.1fs)", "inpainting " if inpaint else "", target, time.perf_counter() - started
     )
