@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -93,7 +92,7 @@ def model_spec(name: str) -> str:
 def ensure_single_file(name: str) -> Path:
     """A single-file .safetensors copy (original SD key layout) of benchmark model `name`, written once.
 
-    Uses the tests' diffusers -> original converter (tests/helpers/checkpoints.py): diffusers ships only the
+    Uses the tests' diffusers -> original converter (studio/testing/checkpoints.py): diffusers ships only the
     other direction.
     """
     target = bench_cache() / f"{name if name != 'sd15' else FULLSIZE_NAME}.safetensors"
@@ -102,12 +101,8 @@ def ensure_single_file(name: str) -> Path:
     with file_lock(target.with_name(target.name + ".lock")):
         if target.is_file():
             return target
-        tests = str(_REPO / "tests")
-        if tests not in sys.path:
-            sys.path.insert(0, tests)
-        from helpers.checkpoints import write_safetensors
-
         from studio import models
+        from studio.testing.checkpoints import write_safetensors
 
         started = time.perf_counter()
         pipe = models.load_pipeline(models.resolve_model(model_spec(name), Path("models")))

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.core import REPO, Stats, interleave, percentile, run_worker, timed
+from bench.core import Stats, interleave, percentile, run_worker, timed
 
 logger = logging.getLogger(__name__)
 
@@ -106,16 +105,6 @@ SERVING_REQUEST = {"prompt": "a red fox in the snow", "steps": 2, "width": 512, 
 LOAD_REQUEST = {"prompt": "a lighthouse at dusk", "steps": 4, "width": 256, "height": 256, "seed": 11}
 
 
-def _test_helpers() -> Any:
-    """tests/helpers (real serving process, moto server, SageMaker runtime stand-in) as an importable package."""
-    tests = str(REPO / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    import helpers
-
-    return helpers
-
-
 @dataclass
 class Context:
     """Shared state of one run: the profile, verbosity, and a serving process reused by the HTTP sections."""
@@ -131,8 +120,7 @@ class Context:
     def serving(self) -> Any:
         """A real `python -m studio.serving --model demo` process on 127.0.0.1 (started once, stopped by close())."""
         if self._serving is None:
-            _test_helpers()
-            from helpers.servers import ServingProcess
+            from studio.testing.servers import ServingProcess
 
             started = time.perf_counter()
             self._serving = ServingProcess(model="demo").start()
@@ -297,13 +285,12 @@ def load_run(ctx: Context) -> dict[str, Any]:
 
 def gradio(ctx: Context) -> dict[str, Any]:
     """Studio UI round trip via gradio_client (/txt2img) minus the engine's time, per 512x512 image."""
-    _test_helpers()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from gradio_client import Client
-    from helpers.servers import free_port
 
     import app
     from studio.config import Settings
+    from studio.testing.servers import free_port
 
     outputs = Path(tempfile.mkdtemp(prefix="bench-gradio-"))
     settings = Settings(model="demo", outputs=outputs, port=free_port(), device="cpu")
@@ -336,12 +323,11 @@ def gradio(ctx: Context) -> dict[str, Any]:
 
 def async_remote(ctx: Context) -> dict[str, Any]:
     """RemoteEngine over SageMaker async (S3 upload, invoke, poll) vs real-time, through the test stand-in."""
-    _test_helpers()
     import boto3
-    from helpers.sagemaker_standin import SageMakerRuntimeStandin
-    from helpers.servers import MotoServer, aws_env
 
     from studio import remote
+    from studio.testing.moto import MotoServer, aws_env
+    from studio.testing.sagemaker_standin import SageMakerRuntimeStandin
     from studio.types import GenerationRequest
 
     server = ctx.serving()

@@ -1,26 +1,70 @@
-"""Typed settings, parsed once from command-line flags and STUDIO_* environment variables.
+"""Every setting of the studio and of the serving app, parsed once from flags and environment variables.
 
-Precedence: flag > STUDIO_* env > default. Env strings are parsed explicitly: "false"/"0"/"no" are
-false, numbers must be numbers (a bad value is an error naming the variable, never a silent default).
+Precedence: flag > environment variable > default. Values are parsed explicitly, never guessed: "false"/"0"/"no" are
+false, numbers must be numbers, and choices become enums (`Backend`, `EngineKind`, `Device`, `Precision`). A bad
+value is a ConfigError naming the flag or the variable, never a silent default. No other module reads os.environ
+for a setting: they receive a `Settings` / `ServingSettings` (or call the small readers at the bottom).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import Any, TypeVar
 
-from studio.types import Limits
+from studio.types import Limits, RequestError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+E = TypeVar("E", bound=StrEnum)
+
+SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
+DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
 
 
 class ConfigError(ValueError):
-    """A flag or STUDIO_* variable has a value that cannot be used."""
+    """A flag or variable has a value that cannot be used; the message names it."""
 
 
+class Backend(StrEnum):
+    """Where generations run."""
+
+    LOCAL = "local"
+    HTTP = "http"  # a serving app at --url
+    SAGEMAKER = "sagemaker"  # a SageMaker endpoint (real-time or async)
+
+
+class EngineKind(StrEnum):
+    """Which local engine runs the model."""
+
+    TORCH = "torch"
+    OPENVINO = "openvino"  # the CPU fast path
+
+
+class Device(StrEnum):
+    AUTO = "auto"  # CUDA (fp16) when torch sees a GPU, else CPU (fp32)
+    CUDA = "cuda"
+    CPU = "cpu"
+
+
+class Precision(StrEnum):
+    """OpenVINO inference precision."""
+
+    BF16 = "bf16"  # fast on CPUs with native bf16 (AVX512-BF16, AMX)
+    F32 = "f32"  # within ~1e-5 of torch fp32
+
+
+_ALIASES: dict[type[StrEnum], dict[str, str]] = {
+    Precision: {"fp32": "f32", "float32": "f32", "bfloat16": "bf16"},
+}
+
+
+# ---- value parsers (each names the flag or variable it parses) ---------------------------------------------------
 def parse_bool(name: str, text: str) -> bool:
     value = text.strip().lower()
     if value in _TRUE:
@@ -32,126 +76,307 @@ def parse_bool(name: str, text: str) -> bool:
 
 def parse_int(name: str, text: str) -> int:
     try:
-        return int(text.strip())
+        return int(str(text).strip())
     except ValueError:
         raise ConfigError(f"{name}: expected a whole number, got {text!r}") from None
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything app.py needs to build the engine and the UI."""
+def parse_enum(kind: type[E], name: str, value: str | E) -> E:
+    """`value` as a member of `kind` (case-insensitive, with the documented aliases); ConfigError naming `name`."""
+    if isinstance(value, kind):
+        return value
+    text = str(value).strip().lower()
+    text = _ALIASES.get(kind, {}).get(text, text)
+    try:
+        return kind(text)
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        raise ConfigError(f"{name}: expected one of {choices}, got {value!r}") from None
 
-    model: str | None = None  # None: first model in models_dir, else the demo
+
+def parse_s3_prefixes(name: str, text: str) -> tuple[str, ...]:
+    """Comma-separated s3://bucket[/prefix] locations; a bare bucket means the whole bucket ("s3://b/")."""
+    from studio.aws import s3_prefix
+
+    prefixes = []
+    for item in (part.strip() for part in text.split(",")):
+        if item:
+            try:
+                prefixes.append(s3_prefix(item, name))
+            except RequestError as exc:
+                raise ConfigError(str(exc)) from None
+    return tuple(prefixes)
+
+
+def _parse_s3_uri(name: str, text: str) -> str:
+    from studio.aws import parse_s3_uri
+
+    try:
+        parse_s3_uri(text.strip(), name, need_key=False)
+    except RequestError as exc:
+        raise ConfigError(str(exc)) from None
+    return text.strip()
+
+
+# ---- the settings objects ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EngineSettings:
+    """What `studio.engines.build()` needs: which backend, which model, where and how it runs, and the limits.
+
+    Strings given for the enum fields are parsed on construction (ConfigError naming the field), so code and tests
+    may write `EngineSettings(device="cpu")`; every consumer then sees enums.
+    """
+
+    backend: Backend = Backend.LOCAL
+    model: str | None = None  # None: first model in models_dir, else the demo (studio); see models.serving_model
     inpaint_model: str | None = None
     models_dir: Path = Path("models")
+    device: Device = Device.AUTO
+    kind: EngineKind = EngineKind.TORCH
+    precision: Precision = Precision.BF16  # OpenVINO only
+    openvino_cache: Path | None = None  # None: cache_dir()/openvino
+    url: str | None = None  # Backend.HTTP
+    endpoint: str | None = None  # Backend.SAGEMAKER
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        for name, kind in (("backend", Backend), ("device", Device), ("kind", EngineKind), ("precision", Precision)):
+            object.__setattr__(self, name, parse_enum(kind, name, getattr(self, name)))
+        object.__setattr__(self, "models_dir", Path(self.models_dir))
+
+    def validate(self) -> EngineSettings:
+        if self.backend is Backend.HTTP and not self.url:
+            raise ConfigError("--backend http needs --url (the address of a running `python -m studio.serving`)")
+        if self.backend is Backend.SAGEMAKER and not self.endpoint:
+            raise ConfigError("--backend sagemaker needs --endpoint NAME")
+        if self.kind is EngineKind.OPENVINO and self.device is Device.CUDA:
+            raise ConfigError("--device cuda: the OpenVINO engine runs on the CPU (use --engine torch on a GPU)")
+        return self
+
+    @property
+    def target(self) -> str:
+        """The model, URL or endpoint name this backend points at (what Settings shows and switches)."""
+        if self.backend is Backend.HTTP:
+            return self.url or ""
+        if self.backend is Backend.SAGEMAKER:
+            return self.endpoint or ""
+        return self.model or ""
+
+    def for_backend(self, backend: Backend | str, target: str) -> EngineSettings:
+        """These settings pointed at another backend and target (the Settings tab's switch)."""
+        backend = parse_enum(Backend, "backend", backend)
+        target = target.strip() or None
+        if backend is Backend.HTTP:
+            return dataclasses.replace(self, backend=backend, url=target)
+        if backend is Backend.SAGEMAKER:
+            return dataclasses.replace(self, backend=backend, endpoint=target)
+        return dataclasses.replace(self, backend=backend, model=target or self.model)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The studio (app.py): its engine, where outputs go, where it listens and who may use it."""
+
+    engine: EngineSettings = field(default_factory=EngineSettings)
     outputs: Path = Path("outputs")
     host: str = "127.0.0.1"
     port: int = 7860
-    device: str = "auto"  # auto | cuda | cpu
-    engine: str = "torch"  # torch | openvino (CPU fast path)
-    openvino_precision: str = "bf16"  # bf16 (fast on CPUs with native bf16) | f32 (exact)
-    backend: str = "local"  # local | sagemaker | http
-    url: str | None = None  # --backend http
-    endpoint: str | None = None  # --backend sagemaker
     auth: str | None = None  # "user:password" or a path to a file of such lines
     no_auth: bool = False
     share: bool = False
-    limits: Limits = field(default_factory=Limits)
+    check_endpoints: bool = True  # warn at start about running SageMaker endpoints (when credentials exist)
+
+    @property
+    def limits(self) -> Limits:
+        return self.engine.limits
 
     def validate(self) -> Settings:
-        if self.device not in ("auto", "cuda", "cpu"):
-            raise ConfigError(f"--device: expected auto, cuda or cpu, got {self.device!r}")
-        if self.engine not in ("torch", "openvino"):
-            raise ConfigError(f"--engine: expected torch or openvino, got {self.engine!r}")
-        if self.openvino_precision not in ("bf16", "f32"):
-            raise ConfigError(f"--openvino-precision: expected bf16 or f32, got {self.openvino_precision!r}")
-        if self.backend not in ("local", "sagemaker", "http"):
-            raise ConfigError(f"--backend: expected local, sagemaker or http, got {self.backend!r}")
-        if self.backend == "http" and not self.url:
-            raise ConfigError("--backend http needs --url (the address of a running `python -m studio.serving`)")
-        if self.backend == "sagemaker" and not self.endpoint:
-            raise ConfigError("--backend sagemaker needs --endpoint NAME")
+        self.engine.validate()
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port: expected 1-65535, got {self.port}")
         return self
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="app.py", description="SD Studio: a Stable Diffusion studio in your browser.")
-    p.add_argument("--model", help="diffusers folder, .safetensors/.ckpt file, hub id, or 'demo' (STUDIO_MODEL)")
-    p.add_argument("--inpaint-model", help="dedicated inpainting checkpoint (9-channel UNet) (STUDIO_INPAINT_MODEL)")
-    p.add_argument("--models-dir", help="drop-in folder scanned for models (STUDIO_MODELS_DIR, default ./models)")
-    p.add_argument("--outputs", help="where images and history are saved (STUDIO_OUTPUTS, default ./outputs)")
-    p.add_argument("--host", help="address to listen on (STUDIO_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (STUDIO_PORT, default 7860)")
-    p.add_argument("--device", choices=["auto", "cuda", "cpu"], help="(STUDIO_DEVICE, default auto)")
-    p.add_argument(
-        "--engine", choices=["torch", "openvino"], help="local engine; openvino = CPU fast path (STUDIO_ENGINE)"
-    )
-    p.add_argument("--openvino-precision", choices=["bf16", "f32"], help="(STUDIO_OPENVINO_PRECISION, default bf16)")
-    p.add_argument("--backend", choices=["local", "sagemaker", "http"], help="(STUDIO_BACKEND, default local)")
-    p.add_argument("--url", help="serving app URL for --backend http (STUDIO_URL)")
-    p.add_argument("--endpoint", help="SageMaker endpoint name for --backend sagemaker (STUDIO_ENDPOINT)")
-    p.add_argument("--auth", help="user:password, or a file with one user:password per line (STUDIO_AUTH)")
-    p.add_argument("--no-auth", action="store_true", default=None, help="allow a public address without auth")
-    p.add_argument("--share", action="store_true", default=None, help="create a Gradio share link (STUDIO_SHARE)")
-    return p
+@dataclass(frozen=True)
+class ServingSettings:
+    """The serving app (`python -m studio.serving`, `serve` in the container, the SageMaker toolkit handlers)."""
+
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    model_dir: Path = SAGEMAKER_MODEL_DIR  # SageMaker unpacks model.tar.gz here (SM_MODEL_DIR)
+    host: str = "0.0.0.0"
+    port: int = 8080  # SageMaker's
+    log_level: str = "info"
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    allow_urls: bool = False  # fetch http(s) image URLs (off: a server fetching arbitrary URLs is an SSRF risk)
+    s3_output: str | None = None  # s3://bucket/prefix: write images there and return their URIs
+    # s3:// locations requests may read from or write to; empty = any the container's IAM role can reach.
+    s3_allowed_prefixes: tuple[str, ...] = ()
+
+    @property
+    def limits(self) -> Limits:
+        return self.engine.limits
+
+    def validate(self) -> ServingSettings:
+        self.engine.validate()
+        if self.max_body_bytes <= 0:
+            raise ConfigError(f"STUDIO_MAX_BODY_BYTES: must be positive, got {self.max_body_bytes}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port: expected 1-65535, got {self.port}")
+        return self
 
 
-_ENV = {
-    "model": ("STUDIO_MODEL", str),
-    "inpaint_model": ("STUDIO_INPAINT_MODEL", str),
-    "models_dir": ("STUDIO_MODELS_DIR", Path),
-    "outputs": ("STUDIO_OUTPUTS", Path),
-    "host": ("STUDIO_HOST", str),
-    "port": ("STUDIO_PORT", int),
-    "device": ("STUDIO_DEVICE", str),
-    "engine": ("STUDIO_ENGINE", str),
-    "openvino_precision": ("STUDIO_OPENVINO_PRECISION", str),
-    "backend": ("STUDIO_BACKEND", str),
-    "url": ("STUDIO_URL", str),
-    "endpoint": ("STUDIO_ENDPOINT", str),
-    "auth": ("STUDIO_AUTH", str),
-    "no_auth": ("STUDIO_NO_AUTH", bool),
-    "share": ("STUDIO_SHARE", bool),
-}
+# ---- flags and variables ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Option:
+    """One setting: its field, its flag (None: environment only), its variable (None: flag only) and parser."""
 
-_LIMIT_ENV = {
-    "max_width": "STUDIO_MAX_WIDTH",
-    "max_height": "STUDIO_MAX_HEIGHT",
-    "max_pixels": "STUDIO_MAX_PIXELS",
-    "max_steps": "STUDIO_MAX_STEPS",
-    "max_count": "STUDIO_MAX_COUNT",
-}
+    name: str
+    flag: str | None
+    env: str | None
+    parse: Callable[[str, str], Any] = lambda _name, text: text.strip()
+    help: str = ""
+    is_switch: bool = False  # a flag without a value (store_true)
 
 
-def limits_from_env(environ: os._Environ | dict[str, str] | None = None) -> Limits:
-    env = os.environ if environ is None else environ
-    values = {key: parse_int(var, env[var]) for key, var in _LIMIT_ENV.items() if env.get(var, "").strip()}
-    return Limits(**values)
+def _path(_name: str, text: str) -> Path:
+    return Path(text.strip()).expanduser()
 
 
-def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """Parse flags and environment once; raise ConfigError naming the flag or variable."""
-    env = os.environ if environ is None else environ
-    args = build_parser().parse_args(argv)
-    values: dict[str, object] = {}
-    for key, (var, kind) in _ENV.items():
-        flag = getattr(args, key)
-        if flag is not None:
-            values[key] = Path(flag) if kind is Path else flag
+def _enum(kind: type[StrEnum]) -> Callable[[str, str], Any]:
+    return lambda name, text: parse_enum(kind, name, text)
+
+
+# Options of EngineSettings, shared by the studio and the serving app.
+_ENGINE_OPTIONS = (
+    _Option("model", "--model", "STUDIO_MODEL", help="diffusers folder, .safetensors/.ckpt file, hub id, or 'demo'"),
+    _Option("inpaint_model", "--inpaint-model", "STUDIO_INPAINT_MODEL", help="dedicated 9-channel inpainting model"),
+    _Option("models_dir", "--models-dir", "STUDIO_MODELS_DIR", _path, "drop-in folder scanned for models (./models)"),
+    _Option("device", "--device", "STUDIO_DEVICE", _enum(Device), "auto (default), cuda or cpu"),
+    _Option("kind", "--engine", "STUDIO_ENGINE", _enum(EngineKind), "torch (default) or openvino (CPU fast path)"),
+    _Option("precision", "--openvino-precision", "STUDIO_OPENVINO_PRECISION", _enum(Precision), "bf16 or f32"),
+    _Option("openvino_cache", None, "STUDIO_OPENVINO_CACHE", _path),
+)
+_STUDIO_BACKEND_OPTIONS = (
+    _Option("backend", "--backend", "STUDIO_BACKEND", _enum(Backend), "local (default), http or sagemaker"),
+    _Option("url", "--url", "STUDIO_URL", help="serving app URL for --backend http"),
+    _Option("endpoint", "--endpoint", "STUDIO_ENDPOINT", help="SageMaker endpoint name for --backend sagemaker"),
+)
+_LIMIT_OPTIONS = tuple(
+    _Option(name, None, f"STUDIO_{name.upper()}", parse_int)
+    for name in ("max_width", "max_height", "max_pixels", "max_steps", "max_count")
+)
+_STUDIO_OPTIONS = (
+    _Option("outputs", "--outputs", "STUDIO_OUTPUTS", _path, "where images and history are saved (./outputs)"),
+    _Option("host", "--host", "STUDIO_HOST", help="address to listen on (127.0.0.1)"),
+    _Option("port", "--port", "STUDIO_PORT", parse_int, "port (7860)"),
+    _Option("auth", "--auth", "STUDIO_AUTH", help="user:password, or a file with one user:password per line"),
+    _Option("no_auth", "--no-auth", "STUDIO_NO_AUTH", parse_bool, "allow a public address without auth", True),
+    _Option("share", "--share", "STUDIO_SHARE", parse_bool, "create a Gradio share link (needs --auth)", True),
+    _Option("check_endpoints", None, "STUDIO_CHECK_ENDPOINTS", parse_bool),
+)
+_SERVING_OPTIONS = (
+    _Option("model_dir", None, "SM_MODEL_DIR", _path),
+    _Option("host", "--host", None, help="address to listen on (0.0.0.0)"),
+    _Option("port", "--port", None, parse_int, "port (8080, SageMaker's)"),
+    _Option("log_level", "--log-level", None, help="debug, info, warning or error"),
+    _Option("max_body_bytes", None, "STUDIO_MAX_BODY_BYTES", parse_int),
+    _Option("allow_urls", None, "STUDIO_ALLOW_URLS", parse_bool),
+    _Option("s3_output", None, "STUDIO_S3_OUTPUT", _parse_s3_uri),
+    _Option("s3_allowed_prefixes", None, "STUDIO_S3_ALLOWED_PREFIXES", parse_s3_prefixes),
+)
+
+
+def _add_flags(parser: argparse.ArgumentParser, options: tuple[_Option, ...]) -> None:
+    for option in options:
+        if option.flag is None:
             continue
-        raw = env.get(var)
-        if raw is None or (kind is not bool and not raw.strip()):
-            continue
-        if kind is bool:
-            values[key] = parse_bool(var, raw)
-        elif kind is int:
-            values[key] = parse_int(var, raw)
-        elif kind is Path:
-            values[key] = Path(raw)
+        help_text = f"{option.help} ({option.env})" if option.env else option.help
+        if option.is_switch:
+            parser.add_argument(option.flag, dest=option.name, action="store_true", default=None, help=help_text)
         else:
-            values[key] = raw.strip()
-    known = {f.name for f in fields(Settings)}
-    assert set(values) <= known
-    return Settings(**values, limits=limits_from_env(env)).validate()
+            parser.add_argument(option.flag, dest=option.name, default=None, help=help_text)
+
+
+def _collect(options: tuple[_Option, ...], args: argparse.Namespace | None, env: Mapping[str, str]) -> dict[str, Any]:
+    """The values given for `options`: flag first, then variable; absent ones are left to the defaults."""
+    values: dict[str, Any] = {}
+    for option in options:
+        given = getattr(args, option.name, None) if args is not None and option.flag else None
+        if given is not None:
+            values[option.name] = given if option.is_switch else option.parse(option.flag, str(given))
+            continue
+        raw = env.get(option.env) if option.env else None
+        if raw is None or (not raw.strip() and option.parse is not parse_bool):
+            continue
+        values[option.name] = option.parse(option.env, raw)
+    return values
+
+
+def studio_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="app.py", description="SD Studio: a Stable Diffusion studio in your browser.")
+    _add_flags(parser, _ENGINE_OPTIONS + _STUDIO_BACKEND_OPTIONS + _STUDIO_OPTIONS)
+    return parser
+
+
+def serving_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="serve", description="SD Studio serving app (SageMaker container contract)")
+    _add_flags(parser, _ENGINE_OPTIONS + _SERVING_OPTIONS)
+    return parser
+
+
+def _engine_settings(
+    args: argparse.Namespace | None, env: Mapping[str, str], options: tuple[_Option, ...]
+) -> EngineSettings:
+    values = _collect(options, args, env)
+    limits = Limits(**_collect(_LIMIT_OPTIONS, None, env))
+    return EngineSettings(**values, limits=limits)
+
+
+def load_settings(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """The studio's settings from flags and STUDIO_* variables; ConfigError names the flag or variable."""
+    env = os.environ if environ is None else environ
+    args = studio_parser().parse_args(argv)
+    engine = _engine_settings(args, env, _ENGINE_OPTIONS + _STUDIO_BACKEND_OPTIONS)
+    return Settings(engine=engine, **_collect(_STUDIO_OPTIONS, args, env)).validate()
+
+
+def load_serving_settings(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> ServingSettings:
+    """The serving app's settings. A leading "serve" argument (SageMaker runs `docker run IMAGE serve`) is dropped.
+
+    The serving app always runs its engine locally; which model it serves is decided by
+    `studio.models.serving_model(settings)` (one precedence rule for every container entry point).
+    """
+    env = os.environ if environ is None else environ
+    args_list = list(argv or [])
+    if args_list and args_list[0] == "serve":
+        args_list = args_list[1:]
+    args = serving_parser().parse_args(args_list)
+    engine = _engine_settings(args, env, _ENGINE_OPTIONS)
+    values = _collect(_SERVING_OPTIONS, args, env)
+    if "log_level" in values and values["log_level"] not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"--log-level: expected debug, info, warning or error, got {values['log_level']!r}")
+    return ServingSettings(engine=engine, **values).validate()
+
+
+# ---- small readers for process-wide locations --------------------------------------------------------------------
+def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The studio's cache folder: $STUDIO_CACHE, else ~/.cache/sd-studio (created on demand by the callers)."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("STUDIO_CACHE") or "~/.cache/sd-studio").expanduser()
+
+
+def hub_offline(environ: Mapping[str, str] | None = None) -> bool:
+    """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE, read now or when huggingface_hub was
+    imported)."""
+    env = os.environ if environ is None else environ
+    if env.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+        return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def sagemaker_metadata_file(environ: Mapping[str, str] | None = None) -> Path:
+    """Where a SageMaker notebook instance describes itself (SAGEMAKER_METADATA_FILE overrides it in tests)."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("SAGEMAKER_METADATA_FILE") or "/opt/ml/metadata/resource-metadata.json")

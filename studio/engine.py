@@ -1,6 +1,6 @@
 """The Engine protocol every backend implements, and its error types.
 
-The UI and the serving app depend only on this module and studio.types.
+The UI and the serving app depend only on this module and studio.types; `studio.engines.build()` makes engines.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class GenerationCancelled(EngineError):
 class EngineStatus:
     """What Settings shows and /ping reports."""
 
-    backend: str  # "local", "sagemaker", "http"
+    backend: str  # a studio.config.Backend value: "local", "http" or "sagemaker"
     model: str = ""  # display name of the model (or endpoint / URL)
     loaded: bool = False
     loading: bool = False
@@ -61,6 +61,14 @@ class EngineStatus:
 
 @runtime_checkable
 class Engine(Protocol):
+    def load(self, model: str | None = None) -> None:
+        """Make the engine ready: load the weights (local) or check the target is reachable (remote). Blocking.
+
+        `model` switches a local engine to another model (the previous one stays in use if that fails); remote
+        engines refuse it with an EngineError. Raises ModelLoadError / EngineError with a message for the user.
+        """
+        ...
+
     def generate(
         self,
         request: GenerationRequest,

@@ -310,6 +310,59 @@ def _atomic_write_json(path: Path, data: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Which model a container serves (one rule for every entry point)
+
+_IGNORED_MODEL_DIR_ENTRIES = ("code",)  # the PyTorch toolkit's code/inference.py lives next to the weights
+
+
+def model_in_dir(directory: Path) -> str | None:
+    """The model inside a SageMaker-style model folder: None when it holds no files.
+
+    A diffusers folder (model_index.json at the top or in one subfolder) or a single .safetensors/.ckpt file.
+    Raises ModelLoadError when the folder has files but no recognisable model (never fall back to the demo then).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    entries = sorted(
+        p for p in directory.iterdir() if not p.name.startswith(".") and p.name not in _IGNORED_MODEL_DIR_ENTRIES
+    )
+    if not entries:
+        return None
+    if (directory / "model_index.json").is_file():
+        return str(directory)
+    checkpoints = [p for p in entries if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES]
+    if len(checkpoints) == 1:
+        return str(checkpoints[0])
+    if len(checkpoints) > 1:
+        names = ", ".join(p.name for p in checkpoints)
+        raise ModelLoadError(f"{directory} holds several checkpoints ({names}); set STUDIO_MODEL to the one to serve")
+    folders = [p for p in entries if p.is_dir() and (p / "model_index.json").is_file()]
+    if len(folders) == 1:
+        return str(folders[0])
+    shown = ", ".join(p.name for p in entries[:10])
+    raise ModelLoadError(
+        f"{directory} has files ({shown}) but no diffusers folder (model_index.json) or .safetensors/.ckpt file"
+    )
+
+
+def serving_model(explicit: str | None, model_dir: Path) -> str:
+    """Which model a serving entry point (serving app, SageMaker toolkit handlers) serves — the one rule:
+
+    1. `explicit`: --model, else STUDIO_MODEL (config.ServingSettings.engine.model);
+    2. else the model in `model_dir` (SM_MODEL_DIR, default /opt/ml/model: where SageMaker unpacks model.tar.gz);
+    3. else the built-in demo model (logged as a warning).
+    """
+    if explicit and explicit.strip():
+        return explicit.strip()
+    found = model_in_dir(model_dir)
+    if found:
+        return found
+    logger.warning("no --model, STUDIO_MODEL or files in %s: serving the built-in demo model", model_dir)
+    return DEMO
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # CLIP tokenizer (offline)
 
 

@@ -22,9 +22,11 @@ from typing import Any
 
 import pytest
 import requests
-from helpers.browser import REPO, start_studio
-from helpers.servers import MotoServer, UvicornThread, aws_env, wait_for
 from PIL import Image, PngImagePlugin
+
+from studio.testing.browser import REPO, start_studio
+from studio.testing.moto import MotoServer, aws_env
+from studio.testing.servers import UvicornThread, wait_for
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402

@@ -17,7 +17,9 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 pytest.importorskip("playwright")
-from helpers.browser import (  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
+
+from studio.testing.browser import (  # noqa: E402
     drag,
     field_value,
     generate,
@@ -36,9 +38,8 @@ from helpers.browser import (  # noqa: E402
     wait_idle,
     wait_toast,
 )
-from playwright.sync_api import expect  # noqa: E402
 
-pytest_plugins = ("helpers.browser_plugin",)
+pytest_plugins = ("studio.testing.browser_plugin",)
 pytestmark = pytest.mark.browser
 
 BLUE = (10, 120, 200)

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.moto_server import aws, free_port, moto_server  # noqa: F401  (fixtures)
 
 from studio import deploy
 from studio.deploy import DeployError, DeployPlan, PlanError
+from studio.testing.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"

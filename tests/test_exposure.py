@@ -23,17 +23,18 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers.browser import REPO, free_port, start_studio
-from helpers.servers import MotoServer, UvicornThread
 
 import app
 from studio.config import ConfigError, Settings, load_settings
+from studio.testing.browser import REPO, free_port, start_studio
+from studio.testing.moto import MotoServer
+from studio.testing.servers import UvicornThread
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-pytest_plugins = ("helpers.browser_plugin",)
+pytest_plugins = ("studio.testing.browser_plugin",)
 
 VALID = ["a lighthouse", "", "Euler a", 2, 7, 5, 64, 64, 1]
 
@@ -508,7 +509,7 @@ def s3_client():
 
 def test_serving_process_logs_carry_no_credentials(marked_aws, tmp_path):
     """The container app, started like SageMaker does, reading a missing s3:// input: its whole log is clean."""
-    from helpers.servers import ServingProcess
+    from studio.testing.servers import ServingProcess
 
     env = {**MARKERS, "AWS_ENDPOINT_URL": marked_aws.url, "AWS_DEFAULT_REGION": "us-east-1"}
     with ServingProcess(model="demo", env=env) as serving:

@@ -17,8 +17,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import requests
-from helpers.browser import open_studio, open_tab, set_number, set_seed, start_studio, type_prompt
-from helpers.servers import FakeEngine, MotoServer, UvicornThread, aws_env
+
+from studio.testing.browser import open_studio, open_tab, set_number, set_seed, start_studio, type_prompt
+from studio.testing.fakes import FakeEngine
+from studio.testing.moto import MotoServer, aws_env
+from studio.testing.servers import UvicornThread
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
@@ -28,7 +31,7 @@ from gradio_client.utils import Status  # noqa: E402
 from studio.engine import EngineError  # noqa: E402
 from studio.types import Task  # noqa: E402
 
-pytest_plugins = ("helpers.browser_plugin",)
+pytest_plugins = ("studio.testing.browser_plugin",)
 
 VALID = dict(
     prompt="a quiet harbour", negative_prompt="", sampler="Euler a", steps=3, cfg_scale=7, seed=11, width=64,
@@ -279,9 +282,9 @@ def sagemaker_studio(tmp_path_factory):
     """A studio on the sagemaker backend: moto for the control plane and S3, the runtime stand-in in front of a
     serving app whose engine fails like a GPU out of memory."""
     import boto3
-    from helpers.sagemaker_standin import SageMakerRuntimeStandin
 
     from studio.serving import ServingSettings, create_app
+    from studio.testing.sagemaker_standin import SageMakerRuntimeStandin
 
     broken = FakeEngine(loaded=True, fail_with=EngineError("CUDA out of memory (tried to allocate 2.00 GiB)"))
     healthy = FakeEngine(loaded=True)

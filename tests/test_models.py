@@ -19,7 +19,7 @@ import torch
 from studio import models
 from studio.engine import ModelLoadError
 from studio.models import ModelSource
-from tests.helpers.checkpoints import write_ckpt, write_safetensors
+from studio.testing.checkpoints import write_ckpt, write_safetensors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -500,7 +500,7 @@ def test_real_size_single_file_round_trip(config, tmp_path):
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from tests.helpers.checkpoints import components_to_original
+    from studio.testing.checkpoints import components_to_original
 
     folder = models.CONFIGS_DIR / config
     torch.manual_seed(0)

@@ -13,23 +13,16 @@ import time
 import boto3
 import pytest
 import requests
-from helpers.sagemaker_standin import SageMakerRuntimeStandin
-from helpers.servers import (
-    REPO,
-    FakeEngine,
-    MotoServer,
-    ServingProcess,
-    UvicornThread,
-    aws_env,
-    free_port,
-    single_threaded_torch,
-)
 from PIL import Image
 
 from studio import remote
 from studio.engine import EngineError, EngineNotReady, GenerationCancelled
 from studio.remote import Backoff, HttpTransport, RemoteEngine, SageMakerAsync, SageMakerRealtime
 from studio.serving import ServingSettings, create_app
+from studio.testing.fakes import FakeEngine
+from studio.testing.moto import MotoServer, aws_env
+from studio.testing.sagemaker_standin import SageMakerRuntimeStandin
+from studio.testing.servers import REPO, ServingProcess, UvicornThread, free_port, single_threaded_torch
 from studio.types import GenerationRequest, RequestError
 
 BUCKET = "studio-test"

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers.servers import REPO, SINGLE_THREAD_ENV, FakeEngine, UvicornThread, single_threaded_torch, wait_for
 from PIL import Image
 from test_wire import BAD_INPUTS, FakeS3, gradient, png_b64
 
 from studio import serving
 from studio.engine import EngineError
 from studio.serving import ServingSettings, create_app
+from studio.testing.fakes import FakeEngine
+from studio.testing.servers import REPO, SINGLE_THREAD_ENV, UvicornThread, single_threaded_torch, wait_for
 from studio.types import GenerationResult, RequestError
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
@@ -350,9 +351,8 @@ def test_docker_build_context_installs_and_serve_runs_like_sagemaker(tmp_path):
     """What the image does, without Docker: install the package from the Dockerfile's build context (deps are in
     the venv already), then run the installed `serve` script the way SageMaker does (`serve` argument, model in
     SM_MODEL_DIR next to a code/ folder) and generate through it."""
-    from helpers.servers import free_port
-
     from studio.models import demo_model_dir
+    from studio.testing.servers import free_port
 
     context = _docker_context(tmp_path)
     site = tmp_path / "site"

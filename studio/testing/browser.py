@@ -1,9 +1,9 @@
 """Real-browser test support: the studio launched in-process on a free 127.0.0.1 port with the demo model
 (`start_studio`), and small UI actions that work the way a person does (type, click, drag), with generous timeouts
 because CI machines are shared and slow. The pytest fixtures (`browser`, `page`, a screenshot under test-results/
-for every failed test) are in helpers.browser_plugin; load them with
+for every failed test) are in studio.testing.browser_plugin; load them with
 
-    pytest_plugins = ("helpers.browser_plugin",)
+    pytest_plugins = ("studio.testing.browser_plugin",)
 """
 
 from __future__ import annotations

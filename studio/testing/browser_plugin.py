@@ -1,8 +1,8 @@
 """Pytest plugin for the real-browser tests: headless Debian Chromium via Playwright (its own browser download
 cannot work here), a fresh page per test, and a full-page screenshot under test-results/ when a test fails.
 
-Load it from a test module with `pytest_plugins = ("helpers.browser_plugin",)` and only that way, so pytest imports
-it once, as a plugin.
+Load it from a test module with `pytest_plugins = ("studio.testing.browser_plugin",)` and only that way, so pytest
+imports it once, as a plugin.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.browser import CHROMIUM, CHROMIUM_ARGS, RESULTS, VIEWPORT, track_calls
+
+from studio.testing.browser import CHROMIUM, CHROMIUM_ARGS, RESULTS, VIEWPORT, track_calls
 
 
 @pytest.hookimpl(hookwrapper=True)
