@@ -1,0 +1,50 @@
+"""Command line for the model tools: build the demo model, list the models in a folder.
+
+    python -m studio.models build-demo DIR [--inpaint]
+    python -m studio.models list [MODELS_DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from studio.engine import ModelLoadError
+from studio.models.demo import build_demo
+from studio.models.sources import discover_models
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m studio.models", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build-demo", help="write the tiny demo model as a diffusers folder")
+    build.add_argument("dir", type=Path)
+    build.add_argument("--inpaint", action="store_true", help="the 9-channel inpainting variant")
+    listing = commands.add_parser("list", help="list the models found in a models folder")
+    listing.add_argument("models_dir", type=Path, nargs="?", default=Path("models"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit status is 1 (with the reason on stderr) when it fails."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "build-demo":
+            print(build_demo(args.dir, inpaint=args.inpaint))
+        else:
+            found = discover_models(args.models_dir)
+            for source in found:
+                print(f"{source.name}\t{source.kind}\t{source.location}")
+            if not found:
+                print(f"no models in {args.models_dir} (the studio will use the built-in demo model)", file=sys.stderr)
+    except (ModelLoadError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
