@@ -17,13 +17,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio import fs
 from studio.metadata import format_infotext, parse_infotext, read_infotext, save_png
 from studio.types import GenerationResult, Task
 
@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 INDEX_NAME = "history.jsonl"
 _LEADING_NUMBER = re.compile(r"^(\d+)")
-_FILE_MODE = 0o644
 
 
 @dataclass
@@ -170,7 +169,7 @@ class OutputStore:
                         path = day_dir / name
                         number += 1
                         try:
-                            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+                            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, fs.DEFAULT_FILE_MODE)
                         except FileExistsError:
                             continue  # another process took it; never overwrite
                         os.close(fd)
@@ -413,13 +412,4 @@ class OutputStore:
             kept.append(raw + b"\n")
         if len(kept) == sum(1 for raw in lines if raw.strip()):
             return
-        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=f".{INDEX_NAME}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.writelines(kept)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, self.index_path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        fs.atomic_write(self.index_path, b"".join(kept))

@@ -17,16 +17,15 @@ Only Pillow is needed here (imported lazily): this module imports fast and never
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from studio import __version__
+from studio import __version__, fs
 from studio.types import GenerationRequest, Task
 
 if TYPE_CHECKING:
@@ -388,45 +387,13 @@ def png_bytes(image: Image.Image, infotext: str, compress_level: int = 1) -> byt
 
 
 def save_png(image: Image.Image, infotext: str, path: Path, compress_level: int = 1) -> Path:
-    """Write a PNG with its infotext atomically: a temp file in the same folder, fsync'd, then os.replace.
+    """Write a PNG with its infotext atomically (studio.fs.atomic_write): a reader or a crash never sees half a file.
 
-    A reader (or a crash) never sees a half-written file at `path`. Replaces an existing file at `path`
-    (callers that must not overwrite reserve the name first). Raises OSError on failure, leaving no temp file.
+    Replaces an existing file at `path` (callers that must not overwrite reserve the name first) and keeps that
+    file's mode (else 0644). The folder must exist: a save never recreates a folder that was deleted under it (the
+    name it reserved there is gone too). Raises OSError on failure, leaving no temp file.
     """
     path = Path(path)
-    data = png_bytes(image, infotext, compress_level=compress_level)
-    try:  # mkstemp makes 0600 files; keep the mode of a reserved placeholder (umask applied), else 0644
-        mode = os.stat(path).st_mode & 0o777
-    except OSError:
-        mode = 0o644
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if hasattr(os, "fchmod"):
-                os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such folder", str(path.parent))
+    return fs.atomic_write(path, png_bytes(image, infotext, compress_level=compress_level))

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 import studio
-from studio import metadata
+from studio import fs
 from studio.metadata import format_infotext, parse_infotext, png_bytes, read_infotext, request_fields, save_png
 from studio.samplers import canonical_name
 from studio.types import GenerationRequest
@@ -474,7 +474,7 @@ def test_save_png_failure_keeps_old_file_and_removes_temp(tmp_path: Path, monkey
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(metadata.os, "replace", broken_replace)
+    monkeypatch.setattr(fs.os, "replace", broken_replace)
     with pytest.raises(OSError, match="No space"):
         save_png(_image(color="blue"), "new\nSteps: 1, Seed: 1, Size: 8x8", target)
     assert target.read_bytes() == before

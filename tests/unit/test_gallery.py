@@ -376,6 +376,18 @@ def test_delete_removes_file_and_index_line(tmp_path: Path, fixed_clock):
     assert [e.path for e in store.history()] == [paths[2]]
 
 
+def test_delete_rewrites_the_index_atomically_keeping_its_mode(tmp_path: Path):
+    """The rewrite goes through studio.fs.atomic_write: the index keeps its mode (a private mkstemp copy made it
+    0600 before) and no temp file is left next to it."""
+    store = OutputStore(tmp_path)
+    paths = store.save(_result(count=2))
+    (tmp_path / INDEX_NAME).chmod(0o644)
+    store.delete(paths[0])
+    assert os.stat(tmp_path / INDEX_NAME).st_mode & 0o777 == 0o644
+    assert [line["path"] for line in _index_lines(tmp_path)] == [Path(paths[1]).relative_to(tmp_path).as_posix()]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_delete_of_already_missing_file_drops_it_from_index(tmp_path: Path):
     store = OutputStore(tmp_path)
     (path,) = store.save(_result(count=1))
