@@ -1,7 +1,7 @@
-"""SD Studio composition root: parse settings → build the engine → build the UI → launch.
+"""SD Studio composition root: settings (studio.config) → engine (studio.engines.build) → UI (studio.ui) → launch.
 
-Heavy modules (torch/diffusers for the local engine, boto3 for remote ones) are imported only
-when the chosen backend needs them, so a remote-only studio starts without torch.
+Heavy modules (torch/diffusers for the local engine, boto3 for remote ones, gradio for the UI) are imported only
+when needed, so a remote-only studio starts without torch and a refused start-up loads nothing heavy.
 """
 
 from __future__ import annotations
@@ -12,15 +12,28 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from studio.config import ConfigError, Settings, load_settings
+from studio import engines
+from studio.config import Backend, ConfigError, EngineSettings, Settings, load_settings, parse_enum
 from studio.engine import Engine, EngineError
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from studio.ui import StudioController
 
 logger = logging.getLogger("studio")
 
 # Largest file a browser or API client may upload (input images and masks); gradio answers 413 above it and keeps
 # nothing. Gradio's default is unlimited, which lets any client fill the temp folder.
 MAX_UPLOAD = "50mb"
+
+# What the Settings tab says when a remote backend is chosen without its target.
+MISSING_TARGET = {
+    Backend.HTTP: "url: give the address of a running serving app, e.g. http://127.0.0.1:8080",
+    Backend.SAGEMAKER: "endpoint: give a SageMaker endpoint name",
+}
 
 
 def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
@@ -64,94 +77,85 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
-class EngineRegistry:
-    """Builds engines for the Settings tab's backend switch; the local engine is built once and kept."""
+class EngineSwitch:
+    """Builds the engine for each backend the Settings tab switches to, with studio.engines.build.
 
-    def __init__(self, settings: Settings):
+    The local engine is built once and kept: switching back to local reuses it (and loads the model named, if
+    any), so its loaded pipelines are not thrown away. A remote engine is built fresh for its target.
+    """
+
+    def __init__(self, settings: EngineSettings, local: Engine | None = None):
         self.settings = settings
-        self._local = None
+        self.local = local
         self._lock = threading.Lock()
 
-    def local(self, model: str | None = None):
-        from studio.openvino_engine import local_engine_for
+    def __call__(self, backend: str, target: str) -> Engine:
+        kind = parse_enum(Backend, "backend", backend)
+        if kind is Backend.LOCAL:
+            return self._local(target or None)
+        if not target:
+            raise EngineError(MISSING_TARGET[kind])
+        return engines.build(self.settings.for_backend(kind, target))
 
+    def _local(self, model: str | None) -> Engine:
         with self._lock:
-            if self._local is None:
-                self._local = local_engine_for(
-                    self.settings.engine,
-                    model if model is not None else self.settings.model,
-                    precision=self.settings.openvino_precision,
-                    models_dir=self.settings.models_dir,
-                    device=self.settings.device,
-                    inpaint_model=self.settings.inpaint_model,
-                    limits=self.settings.limits,
-                )
-                return self._local, True
-        if model:
-            self._local.load(model)
-        return self._local, False
-
-    def build(self, backend: str, target: str) -> Engine:
-        if backend == "local":
-            engine, new = self.local(target or None)
-            if new:
-                engine.load()
-            return engine
-        if backend == "http":
-            from studio.remote import http_engine
-
-            if not target:
-                raise EngineError("url: give the address of a running serving app, e.g. http://127.0.0.1:8080")
-            return http_engine(target, limits=self.settings.limits)
-        if backend == "sagemaker":
-            from studio.remote import sagemaker_engine
-
-            if not target:
-                raise EngineError("endpoint: give a SageMaker endpoint name")
-            return sagemaker_engine(target, limits=self.settings.limits)
-        raise EngineError(f"backend: expected local, http or sagemaker, got {backend!r}")
-
-    def list_models(self) -> list[str]:
-        from studio.models import discover_models
-
-        return ["demo", *(str(m.location) for m in discover_models(self.settings.models_dir))]
+            engine, new = self.local, self.local is None
+            if engine is None:
+                engine = self.local = engines.build(self.settings.for_backend(Backend.LOCAL, model or ""))
+        if new:
+            engine.load()
+        elif model:
+            engine.load(model)
+        return engine
 
 
-def create_studio(settings: Settings):
-    """Build engine, store, controller and Blocks (not launched). Returns (blocks, controller)."""
+def list_models(settings: EngineSettings) -> list[str]:
+    """What the Settings tab offers to load: the demo and the models dropped into --models-dir."""
+    from studio.models import discover_models
+
+    return ["demo", *(str(m.location) for m in discover_models(settings.models_dir))]
+
+
+def list_endpoints() -> list[str]:
+    """Every InService SageMaker endpoint in the default region (whoever deployed it), for the Settings tab."""
+    from studio.deploy import inventory
+
+    return sorted(info.name for info in inventory.list_endpoints(all_in_service=True))
+
+
+def load_in_background(engine: Engine) -> None:
+    """Load the local model without holding up the page: progress and errors show in Settings and on Generate."""
+
+    def load() -> None:
+        try:
+            engine.load()
+        except EngineError as err:  # shown in Settings and on Generate; the app keeps running
+            logger.error("%s", err)
+
+    threading.Thread(target=load, name="model-load", daemon=True).start()
+
+
+def create_studio(settings: Settings) -> tuple[gr.Blocks, StudioController]:
+    """Build engine, store, controller and Blocks (not launched). A remote engine is checked as it is built (a
+    missing SageMaker endpoint is an EngineError); a local one loads in the background."""
     from studio.gallery import OutputStore
     from studio.ui import StudioController, build_ui
 
-    registry = EngineRegistry(settings)
-    if settings.backend == "local":
-        engine, _ = registry.local()
-
-        def load_in_background() -> None:
-            try:
-                engine.load()
-            except EngineError as err:  # shown in Settings and on Generate; the app keeps running
-                logger.error("%s", err)
-
-        threading.Thread(target=load_in_background, name="model-load", daemon=True).start()
-    else:
-        engine = registry.build(settings.backend, settings.url or settings.endpoint or "")
-
-    def list_endpoints() -> list[str]:
-        from studio.remote import list_inservice_endpoints
-
-        return list_inservice_endpoints()
-
+    engine = engines.build(settings.engine)
+    local = engine if settings.engine.backend is Backend.LOCAL else None
+    if local is not None:
+        load_in_background(local)
     controller = StudioController(
         engine=engine,
         store=OutputStore(settings.outputs),
-        engine_factory=registry.build,
-        list_models=registry.list_models,
+        switch_engine=EngineSwitch(settings.engine, local),
+        list_models=lambda: list_models(settings.engine),
         list_endpoints=list_endpoints,
     )
     return build_ui(controller, settings.limits), controller
 
 
-def launch(settings: Settings, *, prevent_thread_lock: bool = False):
+def launch(settings: Settings, *, prevent_thread_lock: bool = False) -> tuple[gr.Blocks, StudioController]:
     from studio.ui.blocks import CSS
 
     check_exposure(settings)
@@ -171,15 +175,11 @@ def launch(settings: Settings, *, prevent_thread_lock: bool = False):
     return blocks, controller
 
 
-def warn_about_running_endpoints(controller) -> None:
+def warn_about_running_endpoints(controller: StudioController) -> None:
     """Deployed endpoints cost money while they run: say so at start (only when AWS credentials are set up)."""
-    from studio.config import parse_bool
+    from studio.deploy import inventory
 
-    if not parse_bool("STUDIO_CHECK_ENDPOINTS", os.environ.get("STUDIO_CHECK_ENDPOINTS", "true")):
-        return
-    from studio.deploy import running_endpoints_warning
-
-    notice = running_endpoints_warning()
+    notice = inventory.running_endpoints_warning()
     if notice:
         logger.warning("%s", notice)
         controller.notices.append(notice)
@@ -187,12 +187,14 @@ def warn_about_running_endpoints(controller) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Tell gradio (which reads it when imported) not to call home; not a studio setting.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         settings = load_settings(argv)
         check_exposure(settings)
         blocks, controller = launch(settings, prevent_thread_lock=True)
-        threading.Thread(target=warn_about_running_endpoints, args=(controller,), daemon=True).start()
+        if settings.check_endpoints:
+            threading.Thread(target=warn_about_running_endpoints, args=(controller,), daemon=True).start()
         blocks.block_thread()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

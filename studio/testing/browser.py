@@ -1,9 +1,7 @@
 """Real-browser test support: the studio launched in-process on a free 127.0.0.1 port with the demo model
 (`start_studio`), and small UI actions that work the way a person does (type, click, drag), with generous timeouts
 because CI machines are shared and slow. The pytest fixtures (`browser`, `page`, a screenshot under test-results/
-for every failed test) are in studio.testing.browser_plugin; load them with
-
-    pytest_plugins = ("studio.testing.browser_plugin",)
+for every failed test) are in tests/e2e/conftest.py.
 """
 
 from __future__ import annotations

@@ -1,15 +1,18 @@
 """StudioController: what the UI handlers call. Holds the active engine, the output store and Stop tokens.
 
-It sees engines only through the studio.engine protocol; app.py injects the factories that build
-local or remote engines, so this module never imports torch, diffusers or boto3.
+It sees engines only through the studio.engine protocol; app.py injects the function that builds engines for the
+backend switch, so this module never imports torch, diffusers or boto3 (nor gradio).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from studio.engine import Engine, EngineError, EngineStatus, ProgressCallback
 from studio.gallery import OutputStore
@@ -17,22 +20,21 @@ from studio.types import GenerationRequest, GenerationResult
 
 logger = logging.getLogger(__name__)
 
-# (backend, target) -> Engine; target is a model spec, URL or endpoint name.
-EngineFactory = Callable[[str, str], Engine]
+# (backend, target) -> a ready Engine; target is a model spec, URL or endpoint name.
+EngineSwitch = Callable[[str, str], Engine]
 
 
 @dataclass
 class StudioController:
     engine: Engine
     store: OutputStore
-    engine_factory: EngineFactory | None = None
+    switch_engine: EngineSwitch | None = None
     list_models: Callable[[], list[str]] = field(default=lambda: [])
     list_endpoints: Callable[[], list[str]] | None = None
     notices: list[str] = field(default_factory=list)  # shown to each browser on page load (e.g. running endpoints)
     _tokens: dict[str, threading.Event] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
-    # ---- generation ----------------------------------------------------------------------------------------------
     def generate(
         self, request: GenerationRequest, session: str = "", on_progress: ProgressCallback | None = None
     ) -> GenerationResult:
@@ -66,26 +68,47 @@ class StudioController:
         token.set()
         return True
 
-    # ---- engine management ---------------------------------------------------------------------------------------
     def status(self) -> EngineStatus:
         return self.engine.status()
 
     def load_model(self, spec: str) -> EngineStatus:
-        """Load another model into the local engine; on failure the error is raised and shown, the app goes on."""
-        load = getattr(self.engine, "load", None)
-        if load is None:
-            raise EngineError(f"the {self.engine.status().backend} backend has no local model to change")
-        load(spec.strip() or None)
+        """Load another model into the active engine (blank: its default). A remote engine refuses with an
+        EngineError; on any failure the error is raised and shown, and the app goes on."""
+        self.engine.load(spec.strip() or None)
         return self.engine.status()
 
     def switch_backend(self, backend: str, target: str) -> EngineStatus:
         """Replace the active engine (local model, HTTP URL or SageMaker endpoint)."""
-        if self.engine_factory is None:
+        if self.switch_engine is None:
             raise EngineError("switching backends is not available in this studio")
-        engine = self.engine_factory(backend, target.strip())
+        engine = self.switch_engine(backend, target.strip())
         with self._lock:
             self.engine = engine
         status = engine.status()
         # Log the engine's own name, never the raw target: a URL may carry user:password.
         logger.info("switched to %s backend: %s", backend, status.model or backend)
         return status
+
+
+def bind(handler: Callable[..., Any], context: Any) -> Callable[..., Any]:
+    """`handler` with its first parameter (the controller, a store, a callback) filled in by `context`.
+
+    Unlike functools.partial, the result keeps the handler's remaining signature, docstring and type hints: gradio
+    names the API's parameters after them and finds `gr.Request` / `gr.Progress` parameters by them. A generator
+    handler (streaming its output) stays a generator function, which is how gradio recognises one.
+    """
+    signature = inspect.signature(handler)
+    if inspect.isgeneratorfunction(handler):
+
+        @functools.wraps(handler)
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            yield from handler(context, *args, **kwargs)
+
+    else:
+
+        @functools.wraps(handler)
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            return handler(context, *args, **kwargs)
+
+    bound.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])  # type: ignore[attr-defined]
+    return bound

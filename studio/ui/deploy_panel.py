@@ -1,9 +1,10 @@
 """The Deploy section of the Settings tab: create, list, inspect, use and delete SageMaker endpoints.
 
-The handlers call studio.deploy (which imports boto3 lazily inside its functions); this module imports neither
-boto3 nor studio.deploy at import time. Long operations (create, delete) run in a worker thread and the handler is
-a generator that streams their step-by-step progress into a log box. Errors are shown in the log and raised as
-gr.Error with the message; nothing is swallowed.
+None of these actions is part of the public API (api_visibility="private"): deploying costs money, and the
+`python -m studio.deploy` CLI is the scripting interface. studio.deploy imports boto3 only when a handler calls
+AWS. Long operations (create, delete) run in a worker thread and the handler is a generator that streams their
+step-by-step progress into a log box. Errors are shown in the log and raised as gr.Error with the message; nothing
+is swallowed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any
 
 import gradio as gr
 
+from studio import deploy
+from studio.ui.controller import bind
+
 log = logging.getLogger(__name__)
 
 INTRO = (
@@ -24,6 +28,8 @@ INTRO = (
     "instance-hour while they exist; async endpoints scale to zero when idle. Everything created is tagged "
     "`sd-studio` and listed below, so it can be deleted here."
 )
+
+UseEndpoint = Callable[[str], str]  # switches the studio to an endpoint; returns a message to show
 
 
 def _text(value: str | None) -> str | None:
@@ -67,14 +73,138 @@ def _run_streaming(
             return
 
 
-def build_deploy_panel(on_use_endpoint: Callable[[str], str] | None) -> None:
-    """Add the Deploy UI to the current gr.Blocks/gr.Tab context.
+def show_price(instance_type: str, mode: str, min_instances: Any, max_instances: Any) -> str:
+    """The hourly cost of the chosen instance type, mode and instance range."""
+    try:
+        return deploy.describe_price(instance_type, mode, _int_or_none(min_instances), int(max_instances or 1))
+    except (TypeError, ValueError):
+        return deploy.describe_price(instance_type, mode)
 
-    `on_use_endpoint(name)` switches the studio to the endpoint and returns a message to show (None: the "Use this
-    endpoint" button is not offered).
-    """
-    from studio import deploy  # light: boto3 is imported only when a handler calls AWS
 
+def create_endpoint(
+    name: str,
+    model: str,
+    instance_type: str,
+    mode: str,
+    min_instances: Any,
+    max_instances: Any,
+    bucket: str,
+    prefix: str,
+    role: str,
+    image: str,
+    region: str,
+    accepted: bool,
+) -> Iterator[str]:
+    """Deploy: validate the plan at once, then stream the log of deploy.create step by step."""
+    plan = deploy.DeployPlan(
+        name=(name or "").strip(),
+        model=(model or "").strip(),
+        instance_type=instance_type,
+        mode=mode,
+        min_instances=_int_or_none(min_instances),
+        max_instances=_int_or_none(max_instances) if max_instances is not None else 1,
+        bucket=_text(bucket),
+        prefix=(prefix or "").strip(),
+        role=_text(role),
+        image=_text(image),
+        region=_text(region),
+    )
+    try:
+        plan.validate(check_aws=False)  # instant feedback on names/sizes before any AWS call
+    except deploy.DeployError as err:
+        raise gr.Error(str(err), title="Not deployed") from None
+    if not accepted:
+        raise gr.Error("Tick “I accept the hourly cost shown above” to deploy.", title="Not deployed")
+    lines = [deploy.describe_price(plan.instance_type, plan.mode, plan.min_instances, plan.max_instances)]
+    yield "\n".join(lines)
+    for kind, value, exc in _run_streaming(lambda progress: deploy.create(plan, progress)):
+        if exc is not None:
+            log.warning("deploy of %s failed: %s", plan.name, exc)
+            lines.append(f"ERROR: {exc}")
+            yield "\n".join(lines)
+            raise gr.Error(str(exc), title="Deploy failed") from None
+        if kind == "line":
+            lines.append(value)
+        else:
+            lines.append(f"Endpoint {value.endpoint_name} is ready. Select it below and press “Use this endpoint”.")
+        yield "\n".join(lines)
+
+
+def list_rows(region: str, current: str | None) -> tuple[Any, Any]:
+    """The table of SD Studio endpoints, and the endpoint choice (keeping `current` when it still exists)."""
+    try:
+        endpoints = deploy.list_endpoints(_text(region))
+    except Exception as err:  # shown to the user, not swallowed
+        raise gr.Error(f"Could not list endpoints: {err}", title="List failed") from None
+    names = [e.name for e in endpoints]
+    value = current if current in names else (names[0] if names else None)
+    return [e.row() for e in endpoints], gr.update(choices=names, value=value)
+
+
+def show_details(endpoint: str | None, region: str) -> str:
+    """One endpoint's state, size, autoscaling range and failure reason (errors shown in place)."""
+    if not endpoint:
+        return ""
+    try:
+        info = deploy.status(endpoint, _text(region))
+    except deploy.EndpointNotFound:
+        return f"`{endpoint}`: no such endpoint (deleted?)"
+    except Exception as err:  # noqa: BLE001 - shown in place of the details
+        return f"Could not read `{endpoint}`: {err}"
+    parts = [
+        f"**{info.name}**: {info.status} · {info.mode} · {info.instance_type} × {info.instance_count}",
+        f"autoscaling {info.min_instances}–{info.max_instances} · age {info.age}",
+    ]
+    if info.async_output_path:
+        parts.append(f"async output `{info.async_output_path}`")
+    if info.failure_reason:
+        parts.append(f"**FailureReason:** {info.failure_reason}")
+    return "  \n".join(parts)
+
+
+def delete_endpoint(endpoint: str | None, confirmed: bool, artifacts: bool, region: str) -> Iterator[str]:
+    """Delete the endpoint (and, if asked, its uploaded model files), streaming the log of deploy.delete."""
+    if not endpoint:
+        raise gr.Error("Select an endpoint to delete.", title="Nothing deleted")
+    if not confirmed:
+        raise gr.Error("Tick “Yes, delete this endpoint” first.", title="Nothing deleted")
+    lines = [f"Deleting {endpoint}…"]
+    yield "\n".join(lines)
+    work = lambda progress: deploy.delete(endpoint, artifacts, _text(region), progress)  # noqa: E731
+    report = None
+    for kind, value, exc in _run_streaming(work):
+        if exc is not None:
+            lines.append(f"ERROR: {exc}")
+            yield "\n".join(lines)
+            raise gr.Error(str(exc), title="Delete failed") from None
+        if kind == "line":
+            lines.append(value)
+        else:
+            report = value
+            lines.append(report.summary())
+        yield "\n".join(lines)
+    if report is not None and not report.ok:
+        raise gr.Error(f"Some resources are left: {', '.join(report.leftovers + report.errors)}")
+
+
+def use_selected(on_use_endpoint: UseEndpoint | None, endpoint: str | None) -> str:
+    """Switch the studio to the selected endpoint."""
+    if on_use_endpoint is None:
+        raise gr.Error("Switching endpoints is not available here.")
+    if not endpoint:
+        raise gr.Error("Select an endpoint first.")
+    try:
+        return on_use_endpoint(endpoint)
+    except Exception as err:  # the switch failed: say why
+        raise gr.Error(str(err), title="Endpoint not used") from None
+
+
+def unticked() -> Any:
+    return gr.update(value=False)
+
+
+def build_deploy_panel(on_use_endpoint: UseEndpoint | None) -> None:
+    """Add the Deploy UI to the current gr.Blocks/gr.Tab context (None: no "Use this endpoint" button)."""
     gr.Markdown(INTRO)
     with gr.Row():
         name = gr.Textbox(label="Endpoint name", placeholder="sd-studio-1", elem_id="deploy-name", scale=2)
@@ -124,140 +254,17 @@ def build_deploy_panel(on_use_endpoint: Callable[[str], str] | None) -> None:
         delete_artifacts = gr.Checkbox(label="Also delete the uploaded model files", value=False)
         delete_button = gr.Button("Delete", variant="stop", elem_id="deploy-delete")
 
-    def show_price(kind: str, how: str, low: Any, high: Any) -> str:
-        try:
-            return deploy.describe_price(kind, how, _int_or_none(low), int(high or 1))
-        except (TypeError, ValueError):
-            return deploy.describe_price(kind, how)
-
-    def create_endpoint(
-        endpoint: str,
-        model_spec: str,
-        kind: str,
-        how: str,
-        low: Any,
-        high: Any,
-        bucket_name: str,
-        key_prefix: str,
-        role_arn: str,
-        image_uri: str,
-        region_name: str,
-        accepted: bool,
-    ) -> Iterator[str]:
-        plan = deploy.DeployPlan(
-            name=(endpoint or "").strip(),
-            model=(model_spec or "").strip(),
-            instance_type=kind,
-            mode=how,
-            min_instances=_int_or_none(low),
-            max_instances=_int_or_none(high) if high is not None else 1,
-            bucket=_text(bucket_name),
-            prefix=(key_prefix or "").strip(),
-            role=_text(role_arn),
-            image=_text(image_uri),
-            region=_text(region_name),
-        )
-        try:
-            plan.validate(check_aws=False)  # instant feedback on names/sizes before any AWS call
-        except deploy.DeployError as err:
-            raise gr.Error(str(err), title="Not deployed") from None
-        if not accepted:
-            raise gr.Error("Tick “I accept the hourly cost shown above” to deploy.", title="Not deployed")
-        lines = [deploy.describe_price(plan.instance_type, plan.mode, plan.min_instances, plan.max_instances)]
-        yield "\n".join(lines)
-        for kind_, value, exc in _run_streaming(lambda progress: deploy.create(plan, progress)):
-            if kind_ == "line":
-                lines.append(value)
-                yield "\n".join(lines)
-            elif exc is not None:
-                log.warning("deploy of %s failed: %s", plan.name, exc)
-                lines.append(f"ERROR: {exc}")
-                yield "\n".join(lines)
-                raise gr.Error(str(exc), title="Deploy failed") from None
-            else:
-                lines.append(f"Endpoint {value.endpoint_name} is ready. Select it below and press “Use this endpoint”.")
-                yield "\n".join(lines)
-
-    def list_rows(region_name: str, current: str | None) -> tuple[Any, Any]:
-        try:
-            endpoints = deploy.list_endpoints(_text(region_name))
-        except Exception as err:  # shown to the user, not swallowed
-            raise gr.Error(f"Could not list endpoints: {err}", title="List failed") from None
-        names = [e.name for e in endpoints]
-        value = current if current in names else (names[0] if names else None)
-        return [e.row() for e in endpoints], gr.update(choices=names, value=value)
-
-    def show_details(endpoint: str | None, region_name: str) -> str:
-        if not endpoint:
-            return ""
-        try:
-            info = deploy.status(endpoint, _text(region_name))
-        except deploy.EndpointNotFound:
-            return f"`{endpoint}`: no such endpoint (deleted?)"
-        except Exception as err:  # noqa: BLE001 - shown in place of the details
-            return f"Could not read `{endpoint}`: {err}"
-        parts = [
-            f"**{info.name}**: {info.status} · {info.mode} · {info.instance_type} × {info.instance_count}",
-            f"autoscaling {info.min_instances}–{info.max_instances} · age {info.age}",
-        ]
-        if info.async_output_path:
-            parts.append(f"async output `{info.async_output_path}`")
-        if info.failure_reason:
-            parts.append(f"**FailureReason:** {info.failure_reason}")
-        return "  \n".join(parts)
-
-    def delete_endpoint(endpoint: str | None, confirmed: bool, artifacts: bool, region_name: str) -> Iterator[str]:
-        if not endpoint:
-            raise gr.Error("Select an endpoint to delete.", title="Nothing deleted")
-        if not confirmed:
-            raise gr.Error("Tick “Yes, delete this endpoint” first.", title="Nothing deleted")
-        lines = [f"Deleting {endpoint}…"]
-        yield "\n".join(lines)
-        work = lambda progress: deploy.delete(endpoint, artifacts, _text(region_name), progress)  # noqa: E731
-        for kind_, value, exc in _run_streaming(work):
-            if kind_ == "line":
-                lines.append(value)
-                yield "\n".join(lines)
-            elif exc is not None:
-                lines.append(f"ERROR: {exc}")
-                yield "\n".join(lines)
-                raise gr.Error(str(exc), title="Delete failed") from None
-            else:
-                lines.append(value.summary())
-                yield "\n".join(lines)
-                if not value.ok:
-                    raise gr.Error(f"Some resources are left: {', '.join(value.leftovers + value.errors)}")
-
-    def use(endpoint: str | None) -> str:
-        if on_use_endpoint is None:
-            raise gr.Error("Switching endpoints is not available here.")
-        if not endpoint:
-            raise gr.Error("Select an endpoint first.")
-        try:
-            return on_use_endpoint(endpoint)
-        except Exception as err:  # the switch failed: say why
-            raise gr.Error(str(err), title="Endpoint not used") from None
-
+    private = {"api_visibility": "private"}
+    one_at_a_time = {"concurrency_id": "deploy", "concurrency_limit": 1}
     price_inputs = [instance_type, mode, min_instances, max_instances]
-    gr.on([component.change for component in price_inputs], show_price, price_inputs, price, api_name="deploy_price")
-    deploy_button.click(
-        create_endpoint,
-        [name, model, instance_type, mode, min_instances, max_instances, bucket, prefix, role, image, region, accept],
-        log_box,
-        api_name="deploy_create",
-        concurrency_id="deploy",
-        concurrency_limit=1,
-    ).then(list_rows, [region, name], [table, selected], api_visibility="private")
-    refresh.click(list_rows, [region, selected], [table, selected], api_name="deploy_list")
-    selected.change(show_details, [selected, region], details, api_visibility="private")
-    delete_button.click(
-        delete_endpoint,
-        [selected, confirm_delete, delete_artifacts, region],
-        log_box,
-        api_name="deploy_delete",
-        concurrency_id="deploy",
-        concurrency_limit=1,
-    ).then(list_rows, [region, selected], [table, selected], api_visibility="private").then(
-        lambda: gr.update(value=False), None, confirm_delete, api_visibility="private"
+    gr.on([component.change for component in price_inputs], show_price, price_inputs, price, **private)
+    plan_inputs = [name, model, instance_type, mode, min_instances, max_instances, bucket, prefix, role, image, region]
+    deploy_button.click(create_endpoint, [*plan_inputs, accept], log_box, **private, **one_at_a_time).then(
+        list_rows, [region, name], [table, selected], **private
     )
-    use_button.click(use, selected, details, api_name="deploy_use")
+    refresh.click(list_rows, [region, selected], [table, selected], **private)
+    selected.change(show_details, [selected, region], details, **private)
+    delete_button.click(
+        delete_endpoint, [selected, confirm_delete, delete_artifacts, region], log_box, **private, **one_at_a_time
+    ).then(list_rows, [region, selected], [table, selected], **private).then(unticked, None, confirm_delete, **private)
+    use_button.click(bind(use_selected, on_use_endpoint), selected, details, **private)

@@ -31,8 +31,6 @@ from gradio_client.utils import Status  # noqa: E402
 from studio.engine import EngineError  # noqa: E402
 from studio.types import Task  # noqa: E402
 
-pytest_plugins = ("studio.testing.browser_plugin",)
-
 VALID = dict(
     prompt="a quiet harbour", negative_prompt="", sampler="Euler a", steps=3, cfg_scale=7, seed=11, width=64,
     height=64, count=1,
@@ -283,7 +281,8 @@ def sagemaker_studio(tmp_path_factory):
     serving app whose engine fails like a GPU out of memory."""
     import boto3
 
-    from studio.serving import ServingSettings, create_app
+    from studio.config import ServingSettings
+    from studio.serving.app import create_app
     from studio.testing.sagemaker_standin import SageMakerRuntimeStandin
 
     broken = FakeEngine(loaded=True, fail_with=EngineError("CUDA out of memory (tried to allocate 2.00 GiB)"))

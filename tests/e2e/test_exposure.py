@@ -34,8 +34,6 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-pytest_plugins = ("studio.testing.browser_plugin",)
-
 VALID = ["a lighthouse", "", "Euler a", 2, 7, 5, 64, 64, 1]
 
 
@@ -360,8 +358,9 @@ def test_malicious_ckpt_runs_nothing_and_fails_clearly(tmp_path, kind):
 
 
 def test_malicious_ckpt_never_makes_ping_healthy(tmp_path):
+    from studio.config import ServingSettings
     from studio.local_engine import LocalEngine
-    from studio.serving import ServingSettings, create_app
+    from studio.serving.app import create_app
 
     marker = tmp_path / "pwned"
     path = write_malicious("torch-zip", tmp_path / "evil.ckpt", marker)
@@ -468,7 +467,7 @@ def test_no_credentials_in_logs_errors_or_ui(marked_aws, tmp_path, caplog, capfd
         seen.append(str(caught.value))
         with contextlib.suppress(Exception):
             seen.append("\n".join(studio.controller.list_endpoints()))
-        from studio.ui.settings_tab import status_markdown
+        from studio.ui.settings import status_markdown
 
         seen.append(status_markdown(studio.controller.status()))
         seen.append(requests.get(studio.url, timeout=10).text)
@@ -482,7 +481,9 @@ def test_no_credentials_in_logs_errors_or_ui(marked_aws, tmp_path, caplog, capfd
 
     for exc_source in (
         lambda: app.warn_about_running_endpoints(SimpleController()),
-        lambda: wire.decode_request({"prompt": "x", "input_image": "s3://no-bucket/x.png"}, s3_client=s3_client()),
+        lambda: wire.decode_invocation(
+            {"prompt": "x", "input_image": "s3://no-bucket/x.png"}, fetch=wire.S3Reader(s3_client())
+        ),
     ):
         try:
             exc_source()

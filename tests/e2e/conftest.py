@@ -1,9 +1,5 @@
-"""Pytest plugin for the real-browser tests: headless Debian Chromium via Playwright (its own browser download
-cannot work here), a fresh page per test, and a full-page screenshot under test-results/ when a test fails.
-
-Load it from a test module with `pytest_plugins = ("studio.testing.browser_plugin",)` and only that way, so pytest
-imports it once, as a plugin.
-"""
+"""Fixtures of the end-to-end tests: headless Debian Chromium via Playwright (its own browser download cannot work
+here), a fresh page per test, and a full-page screenshot under test-results/ when a test fails."""
 
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -15,12 +14,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 from app import launch  # noqa: E402
 from studio.config import load_settings  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from studio.testing.servers import free_port  # noqa: E402
 
 
 def start(tmp_path: Path, *args: str):
@@ -67,6 +61,15 @@ def test_api_names_are_published(studio):
     client, _, _ = studio
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/txt2img", "/img2img", "/inpaint", "/png_info"} <= names
+
+
+def test_keyword_call_with_defaults(studio):
+    """The public API's parameters have real names; the ones not given take the form's defaults."""
+    client, _, _ = studio
+    gallery, info = client.predict(prompt="a fox", seed=42, width=64, height=64, steps=4, api_name="/txt2img")
+    assert info["seeds"] == [42] and len(gallery) == 1
+    text = info["infotexts"][0]
+    assert text.startswith("a fox\nSteps: 4, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 64x64"), text
 
 
 def test_txt2img_saves_before_showing_and_png_info_reads_back(studio):

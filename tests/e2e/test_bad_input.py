@@ -128,13 +128,14 @@ def serving():
     """The serving app on a real uvicorn with the demo model; S3 is a moto server holding an empty bucket."""
     import boto3
 
+    from studio.config import EngineSettings, ServingSettings
     from studio.local_engine import LocalEngine
-    from studio.serving import ServingSettings, create_app
+    from studio.serving.app import create_app
 
     with MotoServer() as moto, aws_env(moto.url):
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         engine = LocalEngine("demo", device="cpu", limits=LIMITS)
-        settings = ServingSettings(max_body_bytes=BODY_LIMIT, allow_urls=False, limits=LIMITS)
+        settings = ServingSettings(engine=EngineSettings(limits=LIMITS), max_body_bytes=BODY_LIMIT, allow_urls=False)
         with UvicornThread(create_app(engine, settings=settings)) as server:
             wait_for(f"{server.url}/ping", timeout=120)
             yield server

@@ -11,14 +11,14 @@ from studio.config import ConfigError, load_settings
 
 def test_defaults():
     s = load_settings([], environ={})
-    assert (s.host, s.port, s.device, s.backend, s.outputs, s.model) == (
+    assert (s.host, s.port, s.engine.device, s.engine.backend, s.outputs, s.engine.model) == (
         "127.0.0.1", 7860, "auto", "local", Path("outputs"), None)
 
 
 def test_env_then_flag_precedence():
     env = {"STUDIO_PORT": "9000", "STUDIO_MODEL": "demo", "STUDIO_SHARE": "false", "STUDIO_MAX_STEPS": "50"}
     s = load_settings([], environ=env)
-    assert s.port == 9000 and s.model == "demo" and s.share is False and s.limits.max_steps == 50
+    assert s.port == 9000 and s.engine.model == "demo" and s.share is False and s.limits.max_steps == 50
     s = load_settings(["--port", "9100"], environ=env)
     assert s.port == 9100
 
@@ -36,7 +36,7 @@ def test_backend_needs_target():
         load_settings(["--backend", "http"], environ={})
     with pytest.raises(ConfigError, match="--endpoint"):
         load_settings(["--backend", "sagemaker"], environ={})
-    assert load_settings(["--backend", "http", "--url", "http://127.0.0.1:8080"], environ={}).url
+    assert load_settings(["--backend", "http", "--url", "http://127.0.0.1:8080"], environ={}).engine.url
 
 
 def test_exposure_needs_auth():
@@ -55,10 +55,35 @@ def test_exposure_needs_auth():
 
 
 def test_engine_choice():
-    assert load_settings([], environ={}).engine == "torch"
+    assert load_settings([], environ={}).engine.kind == "torch"
     s = load_settings(["--engine", "openvino", "--openvino-precision", "f32"], environ={})
-    assert (s.engine, s.openvino_precision) == ("openvino", "f32")
-    with pytest.raises(ConfigError, match="--engine"):
+    assert (s.engine.kind, s.engine.precision) == ("openvino", "f32")
+    with pytest.raises(ConfigError, match="STUDIO_ENGINE"):
         load_settings([], environ={"STUDIO_ENGINE": "tensorrt"})
-    with pytest.raises(ConfigError, match="--openvino-precision"):
+    with pytest.raises(ConfigError, match="--engine"):
+        load_settings(["--engine", "tensorrt"], environ={})
+    with pytest.raises(ConfigError, match="STUDIO_OPENVINO_PRECISION"):
         load_settings([], environ={"STUDIO_OPENVINO_PRECISION": "int4"})
+    with pytest.raises(ConfigError, match="--openvino-precision"):
+        load_settings(["--openvino-precision", "int4"], environ={})
+
+
+def test_check_endpoints_is_a_setting():
+    """The start-up check for running SageMaker endpoints is Settings.check_endpoints (app.py reads no env)."""
+    assert load_settings([], environ={}).check_endpoints is True
+    assert load_settings([], environ={"STUDIO_CHECK_ENDPOINTS": "false"}).check_endpoints is False
+    with pytest.raises(ConfigError, match="STUDIO_CHECK_ENDPOINTS"):
+        load_settings([], environ={"STUDIO_CHECK_ENDPOINTS": "sometimes"})
+
+
+def test_for_backend_points_the_engine_settings_elsewhere():
+    """The Settings tab's backend switch: same limits and local options, another backend and target."""
+    base = load_settings(["--model", "demo", "--device", "cpu"], environ={"STUDIO_MAX_STEPS": "40"}).engine
+    http = base.for_backend("http", " http://127.0.0.1:8080 ")
+    assert (http.backend, http.url, http.limits.max_steps) == ("http", "http://127.0.0.1:8080", 40)
+    sagemaker = base.for_backend("sagemaker", "sd-1")
+    assert (sagemaker.backend, sagemaker.endpoint, sagemaker.target) == ("sagemaker", "sd-1", "sd-1")
+    assert base.for_backend("local", "").model == "demo"  # blank: keep the configured model
+    assert base.for_backend("local", "other").model == "other"
+    with pytest.raises(ConfigError, match="backend"):
+        base.for_backend("ftp", "x")

@@ -39,7 +39,6 @@ from studio.testing.browser import (  # noqa: E402
     wait_toast,
 )
 
-pytest_plugins = ("studio.testing.browser_plugin",)
 pytestmark = pytest.mark.browser
 
 BLUE = (10, 120, 200)

@@ -1,0 +1,197 @@
+"""What the three generation tabs share: the output column, running a request and shaping its result for the
+gallery, Stop, the seed buttons, and "Send to" another tab.
+
+The tabs themselves (txt2img.py, img2img.py, inpaint.py) add their inputs and their public handler. Generation
+events run in one lane ("engine", one at a time): the engine does one run at a time anyway, and Stop, which runs
+in the default lane, is never queued behind the run it stops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from studio import metadata
+from studio.engine import EngineError, GenerationCancelled
+from studio.types import GenerationRequest, RequestError, Task
+from studio.ui.controller import StudioController, bind
+from studio.ui.widgets import SENT_FIELDS, ParamsForm
+
+TAB_IDS = {Task.TXT2IMG: "tab-txt2img", Task.IMG2IMG: "tab-img2img", Task.INPAINT: "tab-inpaint"}
+TAB_NAMES = {Task.TXT2IMG: "Text to image", Task.IMG2IMG: "Image to image", Task.INPAINT: "Inpaint"}
+ENGINE_LANE = {"concurrency_limit": 1, "concurrency_id": "engine"}
+
+Gallery = list[tuple[str, str]]  # (saved file, caption)
+
+
+@dataclass
+class Outputs:
+    """The right-hand column of a generation tab."""
+
+    generate: gr.Button
+    stop: gr.Button
+    gallery: gr.Gallery
+    info: gr.JSON
+    send_img2img: gr.Button
+    send_inpaint: gr.Button
+    selected: gr.State  # index of the gallery image the user clicked (Reuse seed, Send to)
+
+
+@dataclass
+class GenerationTab:
+    """One generation tab's components (others send parameters and images into them)."""
+
+    task: Task
+    form: ParamsForm
+    outputs: Outputs
+    image: Any = None  # what "Send to" fills: gr.Image (img2img) or gr.ImageEditor (inpaint)
+
+
+def build_outputs(task: Task) -> Outputs:
+    """Lay out the output column: Generate / Stop, the gallery, the send buttons and the JSON info."""
+    prefix = task.value
+    with gr.Column(scale=6):
+        with gr.Row():
+            generate = gr.Button("Generate", variant="primary", scale=3, elem_id=f"{prefix}-generate")
+            stop = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{prefix}-stop")
+        gallery = gr.Gallery(
+            label="Images",
+            format="png",
+            columns=2,
+            height=512,
+            object_fit="contain",
+            interactive=False,
+            elem_id=f"{prefix}-gallery",
+        )
+        with gr.Row():
+            send_img2img = gr.Button("Send to Image to image", size="sm", elem_id=f"{prefix}-send-img2img")
+            send_inpaint = gr.Button("Send to Inpaint", size="sm", elem_id=f"{prefix}-send-inpaint")
+        info = gr.JSON(label="Parameters and seeds", elem_id=f"{prefix}-info")
+    selected = gr.State(0)
+    return Outputs(generate, stop, gallery, info, send_img2img, send_inpaint, selected)
+
+
+def run_generation(
+    controller: StudioController,
+    generation: GenerationRequest,
+    request: gr.Request | None,
+    progress: gr.Progress | None,
+) -> tuple[Gallery, dict[str, Any]]:
+    """Generate, save, and shape the result for the gallery + info outputs. Errors become gr.Error."""
+
+    def on_progress(step: int, total: int) -> None:
+        if progress is None:
+            return
+        if step == 0:
+            progress(0, desc="queued on the endpoint")
+        else:
+            progress((step, total), desc=f"step {step}/{total}", unit="steps")
+
+    try:
+        result = controller.generate(generation, session=session_of(request), on_progress=on_progress)
+        info = result.info()
+    except RequestError as err:
+        raise gr.Error(str(err), title="Invalid input") from None
+    except GenerationCancelled as stopped:
+        partial = stopped.partial
+        if partial is None or not partial.images:
+            raise gr.Error(f"Stopped: {stopped}", title="Stopped") from None
+        result = partial
+        info = {**partial.info(), "stopped": str(stopped)}
+        gr.Warning(f"Stopped: {stopped}; kept {len(partial.images)} image(s)")
+    except EngineError as err:
+        kept = len(err.partial.images) if err.partial is not None else 0
+        note = f" ({kept} image(s) finished before the failure were saved: see History)" if kept else ""
+        raise gr.Error(f"{err}{note}", title="Generation failed") from None
+    for note in result.warnings:
+        gr.Warning(note)
+    gallery = [(path, f"seed {seed}") for path, seed in zip(result.paths, result.seeds, strict=True)]
+    return gallery, info
+
+
+def session_of(request: gr.Request | None) -> str:
+    """The browser session (or API client) a run belongs to: Stop stops only the caller's own run."""
+    return getattr(request, "session_hash", None) or ""
+
+
+def stop_run(controller: StudioController, request: gr.Request) -> None:
+    if not controller.stop(session_of(request)):
+        gr.Info(
+            "Nothing is running for you right now (a run still waiting in the queue cannot be stopped; "
+            "it starts when the engine is free)"
+        )
+
+
+def random_seed() -> int:
+    return -1
+
+
+def reuse_seed(info: dict[str, Any] | None, selected: int) -> int:
+    seeds = (info or {}).get("seeds") or []
+    if not seeds:
+        raise gr.Error("Generate an image first: there is no seed to reuse yet")
+    return seeds[selected if 0 <= selected < len(seeds) else 0]
+
+
+def selected_index(evt: gr.SelectData) -> int:
+    return int(evt.index) if isinstance(evt.index, int) else 0
+
+
+def first_image() -> int:
+    return 0
+
+
+def wire_tab_events(tab: GenerationTab, controller: StudioController, run: Any) -> None:
+    """Stop, the seed buttons and the gallery selection of one tab; `run` is its Generate event."""
+    outputs, form = tab.outputs, tab.form
+    # Queued: gradio shows a handler's gr.Error / gr.Info only for queued events (queue=False drops them).
+    # Stop runs in the default lane, never behind the generation it stops.
+    outputs.stop.click(bind(stop_run, controller), None, None, api_visibility="private")
+    form.random_seed.click(random_seed, None, form.seed, api_visibility="private", queue=False)
+    form.reuse_seed.click(reuse_seed, [outputs.info, outputs.selected], form.seed, api_visibility="private")
+    outputs.gallery.select(selected_index, None, outputs.selected, api_visibility="private", queue=False)
+    run.then(first_image, None, outputs.selected, api_visibility="private", queue=False)
+
+
+def sent_values(target: Task, gallery: list[Any] | None, selected: int, info: dict[str, Any] | None) -> list[Any]:
+    """The selected gallery image and its parameters, as values for `target`'s image, SENT_FIELDS and the tabs."""
+    if not gallery:
+        raise gr.Error("Generate an image first: the gallery is empty")
+    index = selected if 0 <= selected < len(gallery) else 0
+    item = gallery[index]
+    path = item[0] if isinstance(item, (tuple, list)) else item
+    infotexts = (info or {}).get("infotexts") or []
+    fields = metadata.request_fields(metadata.parse_infotext(infotexts[index])) if index < len(infotexts) else {}
+    values = [fields[key] if key in fields else gr.update() for key in SENT_FIELDS]
+    if target is Task.INPAINT:
+        image_value: Any = {"background": path, "layers": [], "composite": path}
+    else:
+        image_value = path
+    return [image_value, *values, gr.Tabs(selected=TAB_IDS[target])]
+
+
+def send_to_img2img(gallery: list[Any] | None, selected: int, info: dict[str, Any] | None) -> list[Any]:
+    return sent_values(Task.IMG2IMG, gallery, selected, info)
+
+
+def send_to_inpaint(gallery: list[Any] | None, selected: int, info: dict[str, Any] | None) -> list[Any]:
+    return sent_values(Task.INPAINT, gallery, selected, info)
+
+
+def wire_send_to(tabs: gr.Tabs, by_task: dict[Task, GenerationTab]) -> None:
+    """ "Send to Image to image / Inpaint": the selected gallery image and its parameters go to the other tab."""
+    for source in by_task.values():
+        out = source.outputs
+        for target, button, send in (
+            (Task.IMG2IMG, out.send_img2img, send_to_img2img),
+            (Task.INPAINT, out.send_inpaint, send_to_inpaint),
+        ):
+            dest = by_task[target]
+            button.click(  # queued, so "Generate an image first" reaches the user
+                send,
+                [out.gallery, out.selected, out.info],
+                [dest.image, *dest.form.sendable(), tabs],
+                api_visibility="private",
+            )

@@ -1,0 +1,46 @@
+"""The Text to image tab and its public API endpoint, /txt2img."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from studio.types import Limits, Task
+from studio.ui.controller import StudioController, bind
+from studio.ui.generation import ENGINE_LANE, Gallery, GenerationTab, build_outputs, run_generation, wire_tab_events
+from studio.ui.widgets import build_params_form, to_request
+
+
+def txt2img(
+    controller: StudioController,
+    prompt: str,
+    negative_prompt: str,
+    sampler: str,
+    steps: float,
+    cfg_scale: float,
+    seed: float,
+    width: float,
+    height: float,
+    count: float,
+    request: gr.Request,
+    progress: gr.Progress = gr.Progress(),
+) -> tuple[Gallery, dict[str, Any]]:
+    """Generate `count` images from `prompt` with seeds seed, seed+1, … (-1: random). Returns the gallery (saved
+    PNG files with their parameters) and the info: task, seeds, infotexts, paths, model, backend, timings."""
+    generation = to_request(prompt, negative_prompt, sampler, steps, cfg_scale, seed, width, height, count)
+    return run_generation(controller, generation, request, progress)
+
+
+def build_txt2img_tab(controller: StudioController, samplers: list[str], limits: Limits) -> GenerationTab:
+    """Build the tab inside the current gr.Tab and wire its events."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5):
+            form = build_params_form(Task.TXT2IMG, samplers, limits)
+        outputs = build_outputs(Task.TXT2IMG)
+    run = outputs.generate.click(
+        bind(txt2img, controller), form.inputs(), [outputs.gallery, outputs.info], api_name="txt2img", **ENGINE_LANE
+    )
+    tab = GenerationTab(Task.TXT2IMG, form, outputs)
+    wire_tab_events(tab, controller, run)
+    return tab
