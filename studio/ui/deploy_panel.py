@@ -1,10 +1,11 @@
 """The Deploy section of the Settings tab: create, list, inspect, use and delete SageMaker endpoints.
 
 None of these actions is part of the public API (api_visibility="private"): deploying costs money, and the
-`python -m studio.deploy` CLI is the scripting interface. studio.deploy imports boto3 only when a handler calls
-AWS. Long operations (create, delete) run in a worker thread and the handler is a generator that streams their
-step-by-step progress into a log box. Errors are shown in the log and raised as gr.Error with the message; nothing
-is swallowed.
+`python -m studio.deploy` CLI is the scripting interface. Each function imports studio.deploy when it runs, so
+importing the UI imports neither it nor boto3 (which studio.deploy imports only when a handler calls AWS).
+Long operations (create, delete) run in a worker thread and the handler is a generator that streams their
+step-by-step progress into a log box. Errors are shown in the log and raised as gr.Error with the message;
+nothing is swallowed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 
 import gradio as gr
 
-from studio import deploy
 from studio.ui.controller import bind
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ def _run_streaming(
 
 def show_price(instance_type: str, mode: str, min_instances: Any, max_instances: Any) -> str:
     """The hourly cost of the chosen instance type, mode and instance range."""
+    from studio import deploy
+
     try:
         return deploy.describe_price(instance_type, mode, _int_or_none(min_instances), int(max_instances or 1))
     except (TypeError, ValueError):
@@ -96,6 +98,8 @@ def create_endpoint(
     accepted: bool,
 ) -> Iterator[str]:
     """Deploy: validate the plan at once, then stream the log of deploy.create step by step."""
+    from studio import deploy
+
     plan = deploy.DeployPlan(
         name=(name or "").strip(),
         model=(model or "").strip(),
@@ -132,6 +136,8 @@ def create_endpoint(
 
 def list_rows(region: str, current: str | None) -> tuple[Any, Any]:
     """The table of SD Studio endpoints, and the endpoint choice (keeping `current` when it still exists)."""
+    from studio import deploy
+
     try:
         endpoints = deploy.list_endpoints(_text(region))
     except Exception as err:  # shown to the user, not swallowed
@@ -143,6 +149,8 @@ def list_rows(region: str, current: str | None) -> tuple[Any, Any]:
 
 def show_details(endpoint: str | None, region: str) -> str:
     """One endpoint's state, size, autoscaling range and failure reason (errors shown in place)."""
+    from studio import deploy
+
     if not endpoint:
         return ""
     try:
@@ -164,6 +172,8 @@ def show_details(endpoint: str | None, region: str) -> str:
 
 def delete_endpoint(endpoint: str | None, confirmed: bool, artifacts: bool, region: str) -> Iterator[str]:
     """Delete the endpoint (and, if asked, its uploaded model files), streaming the log of deploy.delete."""
+    from studio import deploy
+
     if not endpoint:
         raise gr.Error("Select an endpoint to delete.", title="Nothing deleted")
     if not confirmed:
@@ -205,6 +215,8 @@ def unticked() -> Any:
 
 def build_deploy_panel(on_use_endpoint: UseEndpoint | None) -> None:
     """Add the Deploy UI to the current gr.Blocks/gr.Tab context (None: no "Use this endpoint" button)."""
+    from studio import deploy
+
     gr.Markdown(INTRO)
     with gr.Row():
         name = gr.Textbox(label="Endpoint name", placeholder="sd-studio-1", elem_id="deploy-name", scale=2)
