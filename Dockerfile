@@ -4,11 +4,12 @@
 #   docker run --gpus all -p 8080:8080 -v /path/to/model:/opt/ml/model:ro sd-studio-serve serve
 #   docker run --gpus all -p 8080:8080 -e STUDIO_MODEL=stabilityai/stable-diffusion-2-1-base sd-studio-serve serve
 #
-# SageMaker starts it as `docker run IMAGE serve`: the `serve` console script (studio.serving:serve_main) drops that
-# leading "serve" and listens on 0.0.0.0:8080 (GET /ping, POST /invocations). The model comes from --model,
-# STUDIO_MODEL (a hub id), or /opt/ml/model (a diffusers folder or one .safetensors/.ckpt file), else the demo model.
-# Other settings: STUDIO_S3_OUTPUT, STUDIO_S3_ALLOWED_PREFIXES, STUDIO_MAX_BODY_BYTES, STUDIO_ALLOW_URLS, STUDIO_MAX_* (see
-# studio/serving.py).
+# SageMaker starts it as `docker run IMAGE serve`: the `serve` console script (studio.serving.__main__:serve_main)
+# drops that leading "serve" and listens on 0.0.0.0:8080 (GET /ping, POST /invocations). The model comes from
+# --model or STUDIO_MODEL (a hub id), else /opt/ml/model (a diffusers folder or one .safetensors/.ckpt file), else the
+# demo model (studio.models.serving_model: the same rule as the SageMaker toolkit handlers). Other settings:
+# STUDIO_ENGINE (torch|openvino), STUDIO_DEVICE, STUDIO_S3_OUTPUT, STUDIO_S3_ALLOWED_PREFIXES, STUDIO_MAX_BODY_BYTES,
+# STUDIO_ALLOW_URLS, STUDIO_MAX_* (see studio/config.py).
 
 ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim

@@ -1,4 +1,5 @@
-"""studio.serving: a real uvicorn on 127.0.0.1 with the demo model (and fakes for load/failure cases)."""
+"""studio.serving end to end: the app on a real uvicorn on 127.0.0.1 with the demo model (and fakes for load/failure
+cases), the toolkit handlers on the real engine, the installed `serve` script, S3 through moto."""
 
 from __future__ import annotations
 
@@ -13,19 +14,20 @@ import subprocess
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
-from test_wire import BAD_INPUTS, FakeS3, gradient, png_b64
 
-from studio import serving
+from studio import engines
+from studio.config import ConfigError, EngineSettings, ServingSettings, load_serving_settings
 from studio.engine import EngineError
-from studio.serving import ServingSettings, create_app
+from studio.serving import toolkit
+from studio.serving.app import create_app
 from studio.testing.fakes import FakeEngine
 from studio.testing.servers import REPO, SINGLE_THREAD_ENV, UvicornThread, single_threaded_torch, wait_for
+from studio.testing.wire import BAD_INPUT_IDS, BAD_INPUTS, FakeS3, gradient, png_b64
 from studio.types import GenerationResult, RequestError
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
@@ -42,17 +44,14 @@ def post(url: str, payload=None, **kwargs) -> requests.Response:
 
 @pytest.fixture(scope="module")
 def demo_server():
-    """The serving app on the real LocalEngine with the demo model, in a uvicorn thread."""
-    from studio.local_engine import LocalEngine
-
-    engine = LocalEngine("demo", device="cpu")
+    """The serving app on the real local engine with the demo model, in a uvicorn thread."""
+    engine = engines.build(EngineSettings(model="demo", device="cpu"))
     app = create_app(engine, settings=ServingSettings(max_body_bytes=1_000_000), s3_client=FakeS3())
     with single_threaded_torch(), UvicornThread(app) as server:
         wait_for(f"{server.url}/ping", timeout=120)
         yield server
 
 
-# ---- /ping ----------------------------------------------------------------------------------------------------
 def test_ping_503_while_loading_then_200():
     gate = threading.Event()
     engine = FakeEngine(load_gate=gate)
@@ -79,7 +78,6 @@ def test_load_failure_keeps_ping_503_with_the_error():
         assert failed.status_code == 503 and "weights file is corrupt" in failed.json()["error"]
 
 
-# ---- engine failures ------------------------------------------------------------------------------------------
 def test_engine_errors_become_500_with_the_message_and_server_recovers():
     engine = FakeEngine(loaded=True, fail_with=EngineError("CUDA out of memory while decoding"))
     with UvicornThread(create_app(engine, settings=ServingSettings(), load=False)) as server:
@@ -113,7 +111,6 @@ def test_client_disconnect_cancels_the_generation():
         assert post(server.url, VALID).status_code == 200
 
 
-# ---- S3 output ------------------------------------------------------------------------------------------------
 def test_s3_output_per_request_and_from_settings():
     s3 = FakeS3()
     engine = FakeEngine(loaded=True)
@@ -129,7 +126,6 @@ def test_s3_output_per_request_and_from_settings():
         assert Image.open(io.BytesIO(s3.objects[("env-bucket", key)])).size == (64, 64)
 
 
-# ---- the demo model over HTTP ---------------------------------------------------------------------------------
 def test_ping_reports_the_loaded_model(demo_server):
     body = requests.get(f"{demo_server.url}/ping", timeout=5).json()
     assert body["status"] == "ok" and body["model"] == "demo"
@@ -174,9 +170,7 @@ def test_native_inpaint_gives_the_requested_size(demo_server):
     assert body["task"] == "inpaint" and decode_png(body["images"][0]).size == (96, 64)
 
 
-@pytest.mark.parametrize(
-    ("payload", "field", "words"), BAD_INPUTS, ids=[f"{i}-{c[1]}" for i, c in enumerate(BAD_INPUTS)]
-)
+@pytest.mark.parametrize(("payload", "field", "words"), BAD_INPUTS, ids=BAD_INPUT_IDS)
 def test_bad_input_is_400_naming_the_field_then_serving_continues(demo_server, payload, field, words):
     if words == "no S3 client":  # this server has an (empty) S3 client: the object is missing instead
         words = "does not exist"
@@ -214,18 +208,31 @@ def test_missing_content_type_is_read_as_json(demo_server):
     assert response.status_code == 200, response.text
 
 
-# ---- the SageMaker PyTorch-toolkit handler (code/inference.py) ---------------------------------------------------
-def test_toolkit_handler_runs_the_same_path_as_serving(demo_server, tmp_path, monkeypatch):
-    from studio import sagemaker_inference as handler
+@pytest.fixture
+def fresh_toolkit(monkeypatch):
+    """The toolkit handler module as a fresh DLC process sees it: nothing loaded, settings from the environment."""
+    for name in ("STUDIO_MODEL", "STUDIO_ENGINE", "STUDIO_DEVICE", "STUDIO_S3_OUTPUT", "STUDIO_S3_ALLOWED_PREFIXES"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("_settings", "_invoker", "_codec"):
+        monkeypatch.setattr(toolkit, name, None)
+    return toolkit
+
+
+def _model_dir(tmp_path: Path) -> Path:
+    """What model.tar.gz unpacks to: the demo weights at the top, code/ beside them."""
     from studio.models import demo_model_dir
 
-    model_dir = tmp_path / "model"  # what model.tar.gz unpacks to: weights at the top, code/ beside them
+    model_dir = tmp_path / "model"
     (model_dir / "code").mkdir(parents=True)
     (model_dir / "code" / "inference.py").write_text("")
     for item in demo_model_dir().iterdir():
         (model_dir / item.name).symlink_to(item)
-    monkeypatch.setattr(handler, "_invoker", None)
-    monkeypatch.setattr(handler, "_settings", None)
+    return model_dir
+
+
+def test_toolkit_handler_runs_the_same_path_as_serving(demo_server, tmp_path, fresh_toolkit):
+    handler = fresh_toolkit
+    model_dir = _model_dir(tmp_path)
     payload = {"prompt": "a boat", "num_images_per_prompt": 2, "num_inference_steps": 2, "seed": 3, **SMALL}
     payload.pop("steps")
     with single_threaded_torch():
@@ -245,67 +252,110 @@ def test_toolkit_handler_runs_the_same_path_as_serving(demo_server, tmp_path, mo
         handler.input_fn(b'{"prompt": "x", "steps": 0}', "application/json")
     assert caught.value.field == "steps"
 
-    class ToolkitError(Exception):  # stands in for sagemaker_inference.errors.BaseInferenceToolkitError
-        def __init__(self, status_code, message, phrase):
-            super().__init__(status_code, message, phrase)
-            self.status_code, self.message, self.phrase = status_code, message, phrase
 
-    errors = types.ModuleType("sagemaker_inference.errors")
-    errors.BaseInferenceToolkitError = ToolkitError
-    monkeypatch.setitem(sys.modules, "sagemaker_inference", types.ModuleType("sagemaker_inference"))
-    monkeypatch.setitem(sys.modules, "sagemaker_inference.errors", errors)
-    with pytest.raises(ToolkitError) as caught:
-        handler.input_fn(b'{"prompt": "x"}', "text/csv")
-    assert caught.value.status_code == 400 and json.loads(caught.value.message)["field"] == "content_type"
-    failing = serving.Invoker(FakeEngine(loaded=True, fail_with=EngineError("GPU fell off the bus")), ServingSettings())
-    with pytest.raises(ToolkitError) as caught:
-        handler.predict_fn(invocation, failing)
-    assert caught.value.status_code == 500 and json.loads(caught.value.message) == {"error": "GPU fell off the bus"}
+def test_toolkit_refuses_s3_locations_outside_the_allowed_prefixes_through_boto3(aws, fresh_toolkit, monkeypatch):
+    """Defect 4, against moto: before model_fn, input_fn used to read any s3:// input the role could reach."""
+    import boto3
 
-
-# ---- entry point and installation -----------------------------------------------------------------------------
-def test_parse_args_ignores_leading_serve():
-    args = serving.parse_args(["serve", "--port", "9000"])
-    assert (args.port, args.host, args.model) == (9000, "0.0.0.0", None)
-    assert serving.parse_args([]).port == 8080
-
-
-def test_model_discovery(tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert serving.discover_model("m", {"STUDIO_MODEL": "x"}) == "m"
-    assert serving.discover_model(None, {"STUDIO_MODEL": "org/repo", "SM_MODEL_DIR": str(empty)}) == "org/repo"
-    assert serving.discover_model(None, {"SM_MODEL_DIR": str(empty)}) == "demo"
-    diffusers_dir = tmp_path / "diffusers"
-    (diffusers_dir / "code").mkdir(parents=True)
-    (diffusers_dir / "model_index.json").write_text("{}")
-    assert serving.discover_model(None, {"SM_MODEL_DIR": str(diffusers_dir)}) == str(diffusers_dir)
-    single = tmp_path / "single"
-    (single / "code").mkdir(parents=True)
-    (single / "code" / "inference.py").write_text("")
-    (single / "dreamshaper.safetensors").write_bytes(b"0")
-    assert serving.discover_model(None, {"SM_MODEL_DIR": str(single)}) == str(single / "dreamshaper.safetensors")
-    nested = tmp_path / "nested"
-    (nested / "sd15").mkdir(parents=True)
-    (nested / "sd15" / "model_index.json").write_text("{}")
-    assert serving.discover_model(None, {"SM_MODEL_DIR": str(nested)}) == str(nested / "sd15")
-    junk = tmp_path / "junk"
-    junk.mkdir()
-    (junk / "notes.txt").write_text("hi")
-    with pytest.raises(serving.ConfigError, match="no diffusers folder"):
-        serving.discover_model(None, {"SM_MODEL_DIR": str(junk)})
-    (single / "other.ckpt").write_bytes(b"0")
-    with pytest.raises(serving.ConfigError, match="several checkpoints"):
-        serving.discover_model(None, {"SM_MODEL_DIR": str(single)})
+    s3 = boto3.client("s3")
+    for bucket in ("inputs", "secret"):
+        s3.create_bucket(Bucket=bucket)
+    png = base64.b64decode(png_b64(gradient(64, 64)))
+    s3.put_object(Bucket="secret", Key="a.png", Body=png)
+    s3.put_object(Bucket="inputs", Key="ok/a.png", Body=png)
+    monkeypatch.setenv("STUDIO_S3_ALLOWED_PREFIXES", "s3://inputs/ok/")
+    base = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "strength": 0.5}
+    for payload, field in (
+        ({**base, "input_image": "s3://secret/a.png"}, "input_image"),
+        ({**base, "input_image": "s3://inputs/ok/a.png", "s3_output": "s3://secret/out/"}, "s3_output"),
+    ):
+        with pytest.raises(RequestError) as caught:  # outside the DLC the toolkit's own error class is absent
+            fresh_toolkit.input_fn(json.dumps(payload).encode(), "application/json")
+        assert caught.value.field == field and "STUDIO_S3_ALLOWED_PREFIXES" in str(caught.value)
+    invocation = fresh_toolkit.input_fn(json.dumps({**base, "input_image": "s3://inputs/ok/a.png"}), "application/json")
+    assert invocation.request.image.size == (64, 64)
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="secret")["Contents"]] == ["a.png"]  # nothing written
 
 
-def test_settings_from_env_parse_explicitly():
-    settings = ServingSettings.from_env({"STUDIO_MAX_BODY_BYTES": "1000", "STUDIO_ALLOW_URLS": "false"})
-    assert settings.max_body_bytes == 1000 and settings.allow_urls is False
-    assert ServingSettings.from_env({"STUDIO_ALLOW_URLS": "1", "STUDIO_MAX_STEPS": "9"}).limits.max_steps == 9
-    for env in ({"STUDIO_MAX_BODY_BYTES": "20MB"}, {"STUDIO_ALLOW_URLS": "maybe"}, {"STUDIO_S3_OUTPUT": "bucket"}):
-        with pytest.raises(serving.ConfigError):
-            ServingSettings.from_env(env)
+def test_request_codec_reads_and_writes_s3_through_boto3(aws):
+    """The default S3 client (studio.aws.LazyClient, standard resolution) against moto: read, write, failures."""
+    import boto3
+
+    from studio.serving.invoker import RequestCodec
+    from studio.testing.wire import result_for
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="inputs")
+    s3.put_object(Bucket="inputs", Key="ok/a.png", Body=base64.b64decode(png_b64(gradient(64, 48))))
+    codec = RequestCodec(ServingSettings(s3_allowed_prefixes=("s3://inputs/ok/",)))
+    invocation = codec.decode({"prompt": "x", "steps": 2, "input_image": "s3://inputs/ok/a.png", "seed": 1})
+    assert invocation.request.image.size == (64, 48)
+    with pytest.raises(RequestError, match="^input_image: s3://inputs/ok/missing.png does not exist"):
+        codec.decode({"prompt": "x", "input_image": "s3://inputs/ok/missing.png"})
+    written = codec.decode({"prompt": "x", "steps": 2, "seed": 1, "s3_output": "s3://inputs/ok/out"})
+    (uri,) = codec.encode(written, result_for(written.request))["s3_uris"]
+    stored = s3.get_object(Bucket="inputs", Key=uri.removeprefix("s3://inputs/"))["Body"].read()
+    assert Image.open(io.BytesIO(stored)).size == (512, 512)
+    unrestricted = RequestCodec(ServingSettings())
+    missing = unrestricted.decode({"prompt": "x", "steps": 2, "seed": 1, "output_s3uri": "s3://no-such-bucket-here/x/"})
+    with pytest.raises(EngineError, match="^s3_output: could not write .*NoSuchBucket"):
+        unrestricted.encode(missing, result_for(missing.request))
+
+
+def test_toolkit_runs_as_a_standalone_code_inference_py(tmp_path):
+    """How the DLC loads it: code/inference.py beside a code/studio/ package, imported by its file name, in a
+    process that has no other copy of studio; the S3 policy holds before model_fn."""
+    code = tmp_path / "code"
+    shutil.copytree(REPO / "studio", code / "studio", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(REPO / "studio" / "serving" / "toolkit.py", code / "inference.py")
+    script = (
+        "import json, sys, inference\n"
+        "assert inference.__file__.endswith('code/inference.py')\n"
+        "assert sys.modules['studio'].__file__.startswith(sys.argv[1])\n"
+        "try:\n"
+        "    inference.input_fn(json.dumps({'prompt': 'x', 'input_image': 's3://secret/a.png'}), 'application/json')\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc.field, exc)\n"
+        'invocation = inference.input_fn(b\'{"prompt": "x", "steps": 3}\', \'application/json\')\n'
+        "print(invocation.request.steps, sorted(m for m in ('torch', 'boto3', 'fastapi') if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STUDIO_", "PYTHON"))}
+    env.update(PYTHONPATH=str(code), STUDIO_S3_ALLOWED_PREFIXES="s3://inputs/ok/")
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(code)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    refused, ran = out.stdout.strip().splitlines()
+    assert refused.startswith("RequestError input_image ") and "STUDIO_S3_ALLOWED_PREFIXES" in refused
+    assert ran == "3 []"
+
+
+@pytest.mark.slow
+def test_toolkit_model_fn_runs_openvino_when_asked(tmp_path, fresh_toolkit, monkeypatch):
+    """Defect 2: STUDIO_ENGINE=openvino reaches the engine the toolkit handlers load."""
+    monkeypatch.setenv("STUDIO_ENGINE", "openvino")
+    with single_threaded_torch():
+        invoker = fresh_toolkit.model_fn(str(_model_dir(tmp_path)))
+        status = invoker.engine.status()
+        assert status.loaded and "openvino" in json.dumps(status.details).lower()
+        invocation = fresh_toolkit.input_fn(json.dumps({**VALID, "count": 1}), "application/json")
+        body, _ = fresh_toolkit.output_fn(fresh_toolkit.predict_fn(invocation, invoker), "application/json")
+    assert decode_png(json.loads(body)["images"][0]).size == (64, 64)
+
+
+def test_the_serving_entry_point_builds_openvino_when_asked(monkeypatch):
+    """Defect 2: STUDIO_ENGINE=openvino reaches the engine `serve` runs (built for real, not loaded or served)."""
+    import uvicorn
+
+    from studio.serving import __main__ as entry
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app))
+    monkeypatch.setenv("STUDIO_ENGINE", "openvino")
+    monkeypatch.delenv("STUDIO_MODEL", raising=False)
+    assert entry.main(["serve", "--model", "demo"]) == 0
+    details = served["app"].state.invoker.engine.status().details
+    assert "openvino" in json.dumps(details).lower()
 
 
 def _docker_context(tmp_path: Path) -> Path:
@@ -343,7 +393,7 @@ def test_dockerfile_matches_the_project():
     assert f"ARG TORCH_VERSION={torch_pin}" in dockerfile
     assert re.search(r"^EXPOSE 8080$", dockerfile, re.M)
     assert re.search(r'^ENTRYPOINT \["serve"\]$', dockerfile, re.M)
-    assert 'serve = "studio.serving:serve_main"' in (REPO / "pyproject.toml").read_text()
+    assert 'serve = "studio.serving.__main__:serve_main"' in (REPO / "pyproject.toml").read_text()
 
 
 @pytest.mark.slow
@@ -390,11 +440,10 @@ def test_docker_build_context_installs_and_serve_runs_like_sagemaker(tmp_path):
     assert f"serving {model_dir}" in log.read_text()
 
 
-# ---- S3 allow-list ---------------------------------------------------------------------------------------------
 def test_s3_locations_outside_the_allowed_prefixes_are_refused():
     png = base64.b64decode(png_b64(gradient(64, 64)))
     s3 = FakeS3({("inputs", "ok/a.png"): png, ("inputs-other", "a.png"): png, ("secret", "a.png"): png})
-    settings = serving.ServingSettings.from_env({"STUDIO_S3_ALLOWED_PREFIXES": "s3://inputs/ok/, s3://outbox"})
+    settings = load_serving_settings([], {"STUDIO_S3_ALLOWED_PREFIXES": "s3://inputs/ok/, s3://outbox"})
     assert settings.s3_allowed_prefixes == ("s3://inputs/ok/", "s3://outbox/")
     engine = FakeEngine(loaded=True)
     base = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "strength": 0.5}
@@ -409,5 +458,5 @@ def test_s3_locations_outside_the_allowed_prefixes_are_refused():
             assert response.json()["field"] == field
             assert "STUDIO_S3_ALLOWED_PREFIXES" in response.json()["error"]
         assert post(server.url, {**base, "input_image": "s3://inputs/ok/a.png"}).status_code == 200
-    with pytest.raises(serving.ConfigError, match="STUDIO_S3_ALLOWED_PREFIXES"):
-        serving.ServingSettings.from_env({"STUDIO_S3_ALLOWED_PREFIXES": "http://nope"})
+    with pytest.raises(ConfigError, match="STUDIO_S3_ALLOWED_PREFIXES"):
+        load_serving_settings([], {"STUDIO_S3_ALLOWED_PREFIXES": "http://nope"})

@@ -1,9 +1,14 @@
-"""The one JSON codec for generation requests and results, used by the serving app and the remote client.
+"""The one JSON codec for generation requests and results: pure dict <-> GenerationRequest/GenerationResult.
 
-Server side, `decode_request` / `decode_invocation` accept every request dialect of the AWS samples and turn it
-into one validated `GenerationRequest`; `encode_result` answers in the caller's dialect. Client side,
-`encode_request` / `decode_result` speak the native dialect. Both sides import this module, and the tests
-round-trip through it, so client and server cannot drift apart.
+Server side, `decode_invocation` accepts every request dialect of the AWS samples and turns it into one validated
+`GenerationRequest`; `encode_result` answers in the caller's dialect. Client side, `encode_request` /
+`decode_result` speak the native dialect. Both sides import this module, and the tests round-trip through it, so
+client and server cannot drift apart.
+
+No I/O happens here. Inline images (base64, data URLs) are decoded by the codec itself; s3:// and http(s)://
+references are handed to an injected `fetch(field, uri) -> bytes` (studio.wire.images builds them, with the S3
+allowed-prefix policy inside), and without one they are refused with a RequestError naming the field. Writing
+results to S3 is the caller's job too: `encode_result` only puts the URIs it is given into the response.
 
 Dialects (see ../shared/FACTS.md):
 - native / Quick Kit: prompt, negative_prompt, steps, sampler, seed, width, height, count, cfg_scale
@@ -14,8 +19,7 @@ Dialects (see ../shared/FACTS.md):
   optional "parameters" object -> {"generated_images": [base64 PNG], ...}.
 - BYOC: results, num_inference_steps, guidance_scale, img, mask, strength -> {"s3_loc": [...]} with S3 output.
 
-Images in: base64, data URL, s3:// (with an injected S3 client) and http(s) only when allowed. Only Pillow
-is imported (lazily); boto3 and requests are never imported here unless an s3:// or http(s) image arrives.
+Only Pillow is imported (lazily, when an image is decoded or encoded).
 """
 
 from __future__ import annotations
@@ -23,15 +27,14 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import logging
 import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from studio.aws import parse_s3_uri, redact_url
 from studio.engine import EngineError
 from studio.samplers import canonical_name
 from studio.types import DEFAULT_LIMITS, GenerationRequest, GenerationResult, Limits, RequestError
@@ -39,10 +42,9 @@ from studio.types import DEFAULT_LIMITS, GenerationRequest, GenerationResult, Li
 if TYPE_CHECKING:
     from PIL import Image
 
-logger = logging.getLogger(__name__)
+# Reads an s3:// or http(s):// image reference for the request field `field`; RequestError naming it on failure.
+Fetch = Callable[[str, str], bytes]
 
-# Bytes accepted for one image fetched from S3 or a URL (inline images are bounded by the body limit).
-MAX_IMAGE_BYTES = 50 * 1024 * 1024
 # An input image may be larger than the output (it is resized), but not absurdly: this many times max_pixels.
 INPUT_PIXELS_FACTOR = 4
 PNG_COMPRESS_LEVEL = 1  # A1111's default: fast to write; images are encoded exactly once per response
@@ -83,75 +85,27 @@ _QUICK_KIT_KEYS = frozenset(
     {"prompt", "negative_prompt", "steps", "sampler", "seed", "height", "width", "count", "input_image"}
     | {"output_s3uri", "infer_args"}
 )
+_SCALAR_FIELDS = ("sampler", "steps", "cfg_scale", "seed", "width", "height", "count", "strength", "mask_blur")
 
 
 @dataclass(frozen=True)
 class Invocation:
-    """A decoded request plus how to answer it: the caller's dialect and an optional per-request S3 output."""
+    """A decoded request plus how to answer it: the caller's dialect and an optional per-request S3 output.
+
+    `s3_output_field` is the spelling the caller used for the output location, so errors about it name it.
+    """
 
     request: GenerationRequest
     dialect: Dialect
     s3_output: str | None = None
+    s3_output_field: str = "s3_output"
 
 
-@dataclass
-class S3Output:
-    """Where encode_result writes images: an s3://bucket/prefix URI and the boto3 S3 client to write with."""
-
-    uri: str
-    client: Any
-
-
-S3ClientSource = Any | Callable[[], Any] | None  # a boto3 S3 client, or a factory called only when needed
-
-
-# ---- small helpers --------------------------------------------------------------------------------------------
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def redact_url(url: str) -> str:
-    """A URL safe for messages and logs: no user:password@ (even with a '/' in the password), no query or fragment
-    (they may carry tokens such as X-Amz-Security-Token)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)(.*)$", url or "", flags=re.DOTALL)
-    if not match:
-        return url.split("?", 1)[0].split("#", 1)[0] if url else url
-    scheme, rest = match.groups()
-    rest = rest.rsplit("@", 1)[-1]  # credentials end at the last '@' before the host
-    parts = urlsplit(scheme + rest)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-
-
-def parse_s3_uri(uri: str, field: str = "s3_uri", *, need_key: bool = True) -> tuple[str, str]:
-    """Split s3://bucket/key into (bucket, key); RequestError naming `field` when malformed."""
-    match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(.*))?", uri or "", flags=re.DOTALL)
-    if not match:
-        raise RequestError(field, _short(uri), f"not a valid s3:// URI: {_short(uri)}")
-    bucket, key = match.group(1), match.group(2) or ""
-    if need_key and not key:
-        raise RequestError(field, _short(uri), f"{uri} names a bucket but no object key")
-    return bucket, key
-
-
-def _resolve_client(source: S3ClientSource) -> Any:
-    if source is None:
-        return None
-    if hasattr(source, "get_object"):
-        return source
-    return source()  # a factory
-
-
-def _client_error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", "")) or type(exc).__name__
-    return type(exc).__name__
-
-
-# ---- images ---------------------------------------------------------------------------------------------------
 def _b64decode(field: str, text: str) -> bytes:
     compact = re.sub(r"\s+", "", text)
     altchars = b"-_" if ("-" in compact or "_" in compact) else None
@@ -199,53 +153,18 @@ def open_image(field: str, data: bytes, *, mode: str, max_pixels: int) -> Image.
     return image.convert(mode)
 
 
-def _read_s3(field: str, uri: str, s3_client: S3ClientSource) -> bytes:
-    bucket, key = parse_s3_uri(uri, field)
-    client = _resolve_client(s3_client)
-    if client is None:
-        raise RequestError(field, uri, "s3:// images are not enabled here (no S3 client configured)")
-    try:
-        obj = client.get_object(Bucket=bucket, Key=key)
-        size = obj.get("ContentLength")
-        if size is not None and size > MAX_IMAGE_BYTES:
-            raise RequestError(field, uri, f"{uri} is {size} bytes; the limit is {MAX_IMAGE_BYTES}")
-        data = obj["Body"].read(MAX_IMAGE_BYTES + 1)
-    except RequestError:
-        raise
-    except Exception as exc:  # botocore ClientError / connection errors, kept free of credentials
-        code = _client_error_code(exc)
-        if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket"):
-            raise RequestError(field, uri, f"{uri} does not exist ({code})") from None
-        if code in ("AccessDenied", "403", "Forbidden"):
-            raise RequestError(field, uri, f"access to {uri} is denied ({code})") from None
-        raise RequestError(field, uri, f"could not read {uri}: {code}: {exc}") from None
-    if len(data) > MAX_IMAGE_BYTES:
-        raise RequestError(field, uri, f"{uri} is larger than {MAX_IMAGE_BYTES} bytes")
-    return data
+def s3_images_disabled(field: str, uri: str) -> RequestError:
+    """The refusal for an s3:// image where nothing may read S3."""
+    return RequestError(field, uri, "s3:// images are not enabled here (no S3 client configured)")
 
 
-def _read_url(field: str, url: str) -> bytes:
-    import requests
-
-    shown = redact_url(url)
-    try:
-        with requests.get(url, timeout=(5, 30), stream=True) as response:
-            if response.status_code != 200:
-                raise RequestError(field, shown, f"downloading {shown} failed with HTTP {response.status_code}")
-            chunks, total = [], 0
-            for chunk in response.iter_content(1 << 16):
-                total += len(chunk)
-                if total > MAX_IMAGE_BYTES:
-                    raise RequestError(field, shown, f"{shown} is larger than {MAX_IMAGE_BYTES} bytes")
-                chunks.append(chunk)
-    except RequestError:
-        raise
-    except requests.RequestException as exc:
-        raise RequestError(field, shown, f"could not download {shown}: {type(exc).__name__}") from None
-    return b"".join(chunks)
+def url_images_disabled(field: str, url: str) -> RequestError:
+    """The refusal for an http(s) image URL on a server that does not fetch URLs (an SSRF risk)."""
+    message = "http(s) image URLs are disabled on this server; send base64, a data URL or an s3:// URI"
+    return RequestError(field, redact_url(url), message)
 
 
-def _image_bytes(field: str, value: Any, *, allow_urls: bool, s3_client: S3ClientSource) -> bytes:
+def _image_bytes(field: str, value: Any, fetch: Fetch | None) -> bytes:
     if not isinstance(value, str):
         raise RequestError(
             field, _short(value), f"must be a base64 string, data URL or s3:// URI, got {type(value).__name__}"
@@ -258,23 +177,14 @@ def _image_bytes(field: str, value: Any, *, allow_urls: bool, s3_client: S3Clien
             raise RequestError(field, _short(text), "data URL must be base64-encoded (data:image/png;base64,...)")
         return _b64decode(field, payload)
     if lowered.startswith("s3://"):
-        return _read_s3(field, text, s3_client)
+        if fetch is None:
+            raise s3_images_disabled(field, text)
+        return fetch(field, text)
     if lowered.startswith(("http://", "https://")):
-        if not allow_urls:
-            raise RequestError(
-                field,
-                redact_url(text),
-                "http(s) image URLs are disabled on this server; send base64, a data URL or an s3:// URI",
-            )
-        return _read_url(field, text)
+        if fetch is None:
+            raise url_images_disabled(field, text)
+        return fetch(field, text)
     return _b64decode(field, text)
-
-
-def _decode_image(
-    field: str, value: Any, *, mode: str, allow_urls: bool, s3_client: S3ClientSource, limits: Limits
-) -> Image.Image:
-    data = _image_bytes(field, value, allow_urls=allow_urls, s3_client=s3_client)
-    return open_image(field, data, mode=mode, max_pixels=limits.max_pixels * INPUT_PIXELS_FACTOR)
 
 
 def image_to_base64(image: Image.Image, infotext: str | None = None) -> str:
@@ -292,7 +202,15 @@ def _png(image: Image.Image, infotext: str | None) -> bytes:
     return buffer.getvalue()
 
 
-# ---- requests -------------------------------------------------------------------------------------------------
+def _infotexts(result: GenerationResult) -> list[str]:
+    return list(result.infotexts) or [""] * len(result.images)
+
+
+def encode_pngs(result: GenerationResult) -> list[bytes]:
+    """The result's images as PNG bytes, each with its infotext chunk (what is uploaded and what is returned)."""
+    return [_png(image, text) for image, text in zip(result.images, _infotexts(result), strict=True)]
+
+
 def detect_dialect(payload: dict[str, Any]) -> Dialect:
     """Which sample's convention a payload follows (an explicit "dialect" key wins)."""
     explicit = payload.get("dialect")
@@ -369,64 +287,63 @@ def _prompt_and_multiplier(field: str, value: Any) -> tuple[str, int]:
     raise RequestError(field, _short(value), f"must be text, got {type(value).__name__}")
 
 
-def decode_invocation(
-    payload: Any,
-    *,
-    allow_urls: bool = False,
-    s3_client: S3ClientSource = None,
-    limits: Limits = DEFAULT_LIMITS,
-) -> Invocation:
-    """Decode a request in any dialect into a validated request, its dialect and its S3 output location.
-
-    Raises RequestError naming the field. Width/height default to the input image's size (rounded down to a
-    multiple of 8) when an image is given without them, else 512.
-    """
-    if not isinstance(payload, dict):
-        raise RequestError("body", type(payload).__name__, f"must be a JSON object, got {type(payload).__name__}")
-    dialect = detect_dialect(payload)
-    fields = _collect(_flatten(payload))
-
+def _text_fields(fields: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    """prompt, negative_prompt and the scalar fields as GenerationRequest keyword arguments."""
     if "prompt" not in fields or fields["prompt"][1] is None:
         raise RequestError("prompt", None, "is required")
     prompt, prompt_copies = _prompt_and_multiplier("prompt", fields["prompt"][1])
     negative, negative_copies = _prompt_and_multiplier("negative_prompt", fields.get("negative_prompt", ("", ""))[1])
     if negative_copies > 1 and prompt_copies not in (1, negative_copies):
         raise RequestError("negative_prompt", negative_copies, "list length does not match the prompt list")
-
     kwargs: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
-    for name in ("sampler", "steps", "cfg_scale", "seed", "width", "height", "count", "strength", "mask_blur"):
+    for name in _SCALAR_FIELDS:
         if name in fields and fields[name][1] is not None:
             kwargs[name] = fields[name][1]
     if prompt_copies > 1:
         count = kwargs.get("count", 1)
         if isinstance(count, int) and not isinstance(count, bool):
             kwargs["count"] = count * prompt_copies
+    return kwargs
 
+
+def _s3_output(fields: dict[str, tuple[str, Any]]) -> tuple[str | None, str]:
+    """The per-request output location (checked for form only) and the spelling it was given with."""
+    if "s3_output" not in fields or fields["s3_output"][1] in (None, ""):
+        return None, "s3_output"
+    spelling, value = fields["s3_output"]
+    if not isinstance(value, str):
+        raise RequestError(spelling, _short(value), "must be an s3://bucket/prefix URI")
+    parse_s3_uri(value, spelling, need_key=False)
+    return value, spelling
+
+
+def decode_invocation(payload: Any, *, limits: Limits = DEFAULT_LIMITS, fetch: Fetch | None = None) -> Invocation:
+    """Decode a request in any dialect into a validated request, its dialect and its S3 output location.
+
+    Raises RequestError naming the field. Width/height default to the input image's size (rounded down to a
+    multiple of 8) when an image is given without them, else 512. s3:// and http(s) images are read with
+    `fetch`; without it they are refused.
+    """
+    if not isinstance(payload, dict):
+        raise RequestError("body", type(payload).__name__, f"must be a JSON object, got {type(payload).__name__}")
+    dialect = detect_dialect(payload)
+    fields = _collect(_flatten(payload))
+    kwargs = _text_fields(fields)
     for name, mode in (("image", "RGB"), ("mask", "L")):
         if name in fields and fields[name][1] not in (None, ""):
             spelling, value = fields[name]
-            kwargs[name] = _decode_image(
-                spelling, value, mode=mode, allow_urls=allow_urls, s3_client=s3_client, limits=limits
-            )
+            data = _image_bytes(spelling, value, fetch)
+            kwargs[name] = open_image(spelling, data, mode=mode, max_pixels=limits.max_pixels * INPUT_PIXELS_FACTOR)
 
-    sized_from_image = False
     image = kwargs.get("image")
-    if image is not None and "width" not in kwargs and "height" not in kwargs:
+    sized_from_image = image is not None and "width" not in kwargs and "height" not in kwargs
+    if sized_from_image:
         kwargs["width"] = max(8, image.width // 8 * 8)
         kwargs["height"] = max(8, image.height // 8 * 8)
-        sized_from_image = True
+    s3_output, s3_output_field = _s3_output(fields)
 
-    s3_output = None
-    if "s3_output" in fields and fields["s3_output"][1] not in (None, ""):
-        spelling, value = fields["s3_output"]
-        if not isinstance(value, str):
-            raise RequestError(spelling, _short(value), "must be an s3://bucket/prefix URI")
-        parse_s3_uri(value, spelling, need_key=False)
-        s3_output = value
-
-    request = GenerationRequest(**kwargs)
     try:
-        request = request.validate(limits, samplers=canonical_name)
+        request = GenerationRequest(**kwargs).validate(limits, samplers=canonical_name)
     except RequestError as exc:
         if sized_from_image and exc.field in ("width", "height"):
             raise RequestError(
@@ -436,19 +353,7 @@ def decode_invocation(
                 "give width and height explicitly)",
             ) from None
         raise
-    return Invocation(request=request, dialect=dialect, s3_output=s3_output)
-
-
-def decode_request(
-    payload: Any,
-    *,
-    allow_urls: bool = False,
-    s3_client: S3ClientSource = None,
-    limits: Limits = DEFAULT_LIMITS,
-) -> tuple[GenerationRequest, Dialect]:
-    """Decode a request in any dialect into (validated GenerationRequest, Dialect); RequestError names the field."""
-    invocation = decode_invocation(payload, allow_urls=allow_urls, s3_client=s3_client, limits=limits)
-    return invocation.request, invocation.dialect
+    return Invocation(request=request, dialect=dialect, s3_output=s3_output, s3_output_field=s3_output_field)
 
 
 def encode_request(request: GenerationRequest, *, s3_output: str | None = None) -> dict[str, Any]:
@@ -475,39 +380,29 @@ def encode_request(request: GenerationRequest, *, s3_output: str | None = None) 
     return payload
 
 
-# ---- results --------------------------------------------------------------------------------------------------
-def _upload(pngs: list[bytes], seeds: list[int], output: S3Output) -> list[str]:
-    bucket, prefix = parse_s3_uri(output.uri, "s3_output", need_key=False)
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    run = uuid.uuid4().hex[:12]
-    uris = []
-    for index, (data, seed) in enumerate(zip(pngs, seeds, strict=True)):
-        key = f"{prefix}{run}-{index}-{seed}.png"
-        try:
-            output.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType="image/png")
-        except Exception as exc:
-            code = _client_error_code(exc)
-            raise EngineError(f"s3_output: could not write s3://{bucket}/{key}: {code}") from None
-        uris.append(f"s3://{bucket}/{key}")
-    return uris
+def encode_result(
+    result: GenerationResult,
+    dialect: Dialect,
+    *,
+    uris: list[str] | None = None,
+    pngs: list[bytes] | None = None,
+) -> dict[str, Any]:
+    """The response JSON for `dialect`.
 
-
-def encode_result(result: GenerationResult, dialect: Dialect, s3_output: S3Output | None = None) -> dict[str, Any]:
-    """The response JSON for `dialect`. PNGs (with infotext) are encoded once; with `s3_output` they are also
-    written to S3 and their URIs returned ("result" for Quick Kit, "s3_loc" for BYOC, "s3_uris" otherwise).
+    `uris`: where the images were written in S3 (by the caller), returned as "result" for Quick Kit, "s3_loc" for
+    BYOC, "s3_uris" beside the images otherwise. `pngs`: the images already encoded by `encode_pngs` (for the
+    upload), so they are encoded once. The time spent here is added to timings["encode"].
     """
     if not result.images:
         raise EngineError("the engine returned no images")
     started = time.perf_counter()
-    infotexts = list(result.infotexts) or [""] * len(result.images)
-    pngs = [_png(image, text) for image, text in zip(result.images, infotexts, strict=True)]
-    uris = _upload(pngs, list(result.seeds), s3_output) if s3_output is not None else None
+    if pngs is None and not (uris is not None and dialect in (Dialect.QUICK_KIT, Dialect.BYOC)):
+        pngs = encode_pngs(result)
     timings = dict(result.timings)
-    timings["encode"] = time.perf_counter() - started
+    timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - started
     meta: dict[str, Any] = {
         "seeds": list(result.seeds),
-        "infotexts": infotexts,
+        "infotexts": _infotexts(result),
         "warnings": list(result.warnings),
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "model": result.model,
@@ -515,40 +410,45 @@ def encode_result(result: GenerationResult, dialect: Dialect, s3_output: S3Outpu
         "task": result.request.task.value,
     }
     if uris is not None and dialect is Dialect.QUICK_KIT:
-        return {"result": uris, **meta}
+        return {"result": list(uris), **meta}
     if uris is not None and dialect is Dialect.BYOC:
-        return {"s3_loc": uris, **meta}
-    images = [base64.b64encode(data).decode("ascii") for data in pngs]
+        return {"s3_loc": list(uris), **meta}
+    images = [base64.b64encode(data).decode("ascii") for data in pngs or []]
     key = "generated_images" if dialect is Dialect.HF_DLC else "images"
     payload = {key: images, **meta}
     if uris is not None:
-        payload["s3_uris"] = uris
+        payload["s3_uris"] = list(uris)
     return payload
 
 
+def _response_image_bytes(payload: dict[str, Any], fetch: Fetch | None) -> list[bytes]:
+    """The image bytes of a response: inline base64, else the S3 URIs it names (read with `fetch`)."""
+    encoded = payload.get("images", payload.get("generated_images"))
+    uris = payload.get("result", payload.get("s3_loc", payload.get("s3_uris")))
+    if isinstance(encoded, list):
+        return [_b64decode(f"images[{i}]", str(item or "")) for i, item in enumerate(encoded)]
+    if isinstance(uris, list) and fetch is not None:
+        return [fetch(f"result[{i}]", str(uri)) for i, uri in enumerate(uris)]
+    if isinstance(uris, list):
+        raise EngineError("the response holds only S3 URIs and no S3 client was given to fetch them")
+    raise EngineError(f"malformed response: no images (keys: {', '.join(sorted(payload)) or 'none'})")
+
+
 def decode_result(
-    payload: Any, request: GenerationRequest, *, backend: str = "remote", s3_client: S3ClientSource = None
+    payload: Any, request: GenerationRequest, *, backend: str = "remote", fetch: Fetch | None = None
 ) -> GenerationResult:
     """Client side: a response (any dialect) back into a GenerationResult for `request` (the request sent).
 
-    Malformed responses raise EngineError: they are the server's fault, not the user's.
+    An S3-only response is read with `fetch(field, uri)` (e.g. studio.wire.images.S3Reader(client)). Malformed
+    responses raise EngineError: they are the server's fault, not the user's.
     """
     if not isinstance(payload, dict):
         raise EngineError(f"malformed response: expected a JSON object, got {type(payload).__name__}")
     if "error" in payload:
         raise EngineError(str(payload["error"]))
     limits_pixels = max(DEFAULT_LIMITS.max_pixels, request.width * request.height) * INPUT_PIXELS_FACTOR
-    encoded = payload.get("images", payload.get("generated_images"))
-    uris = payload.get("result", payload.get("s3_loc", payload.get("s3_uris")))
     try:
-        if isinstance(encoded, list):
-            datas = [_b64decode(f"images[{i}]", str(item or "")) for i, item in enumerate(encoded)]
-        elif isinstance(uris, list) and s3_client is not None:
-            datas = [_read_s3(f"result[{i}]", uri, s3_client) for i, uri in enumerate(uris)]
-        elif isinstance(uris, list):
-            raise EngineError("the response holds only S3 URIs and no S3 client was given to fetch them")
-        else:
-            raise EngineError(f"malformed response: no images (keys: {', '.join(sorted(payload)) or 'none'})")
+        datas = _response_image_bytes(payload, fetch)
         images = [open_image(f"images[{i}]", d, mode="RGB", max_pixels=limits_pixels) for i, d in enumerate(datas)]
     except RequestError as exc:
         raise EngineError(f"malformed response: {exc}") from None
