@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from studio import deploy
-from studio.deploy import DeployPlan
+from studio.deploy import DeployPlan, container_requirements, model_environment, package_model
+from studio.deploy.__main__ import main
+from studio.testing.servers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-INFERENCE = REPO / "studio" / "sagemaker_inference.py"
+TOOLKIT = REPO / "studio" / "serving" / "toolkit.py"
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def packaged(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     """(model.tar.gz, extracted folder) for the demo model, as a local-folder deploy would package it."""
     work = tmp_path_factory.mktemp("package")
     plan = DeployPlan(name="pkg", model=str(demo_dir))
-    tarball = deploy.package_model(plan, work / "model.tar.gz")
+    tarball = package_model(plan, work / "model.tar.gz")
     extracted = work / "opt-ml-model"
     extracted.mkdir()
     with tarfile.open(tarball) as tar:
@@ -48,10 +48,14 @@ def test_tarball_layout(packaged, demo_dir):
     with tarfile.open(tarball) as tar:
         names = tar.getnames()
     assert all(not n.startswith(("/", "..")) and "__pycache__" not in n and not n.endswith(".pyc") for n in names)
-    assert (extracted / "code" / "inference.py").read_bytes() == INFERENCE.read_bytes()
-    # Our package, .py files and configs only.
+    # The toolkit's handlers are the entry point the DLC runs.
+    assert (extracted / "code" / "inference.py").read_bytes() == TOOLKIT.read_bytes()
+    # Our package, .py files and configs only, without the test support.
     assert (extracted / "code" / "studio" / "__init__.py").is_file()
-    assert (extracted / "code" / "studio" / "wire.py").is_file()
+    assert (extracted / "code" / "studio" / "serving" / "toolkit.py").is_file()
+    assert (extracted / "code" / "studio" / "wire" / "codec.py").is_file()
+    assert not (extracted / "code" / "studio" / "testing").exists()
+    assert not any(n.startswith("code/studio/testing/") for n in names)
     shipped_configs = sorted(p.relative_to(REPO / "studio") for p in (REPO / "studio" / "configs").rglob("*.json"))
     assert shipped_configs and all((extracted / "code" / "studio" / p).is_file() for p in shipped_configs)
     code_suffixes = {p.suffix for p in (extracted / "code" / "studio").rglob("*") if p.is_file()}
@@ -67,29 +71,37 @@ def test_tarball_layout(packaged, demo_dir):
     assert (extracted / "model_index.json").read_bytes() == (demo_dir / "model_index.json").read_bytes()
 
 
+def test_container_requirements_leave_torch_to_the_dlc():
+    requirements = container_requirements()
+    names = {r.split("==")[0].lower() for r in requirements}
+    assert "diffusers" in names and "transformers" in names
+    assert not names & {"torch", "torchvision", "gradio", "gradio_client"}
+    assert "openai-clip" in names  # single-file checkpoints build their CLIP tokenizer from its vocabulary
+
+
 def test_single_file_and_hub_models(tmp_path):
     checkpoint = tmp_path / "my-model.safetensors"
     checkpoint.write_bytes(b"not really weights")
-    with tarfile.open(deploy.package_model(DeployPlan(name="f", model=str(checkpoint)), tmp_path / "a.tar.gz")) as t:
+    with tarfile.open(package_model(DeployPlan(name="f", model=str(checkpoint)), tmp_path / "a.tar.gz")) as t:
         names = t.getnames()
     assert "my-model.safetensors" in names and "code/inference.py" in names
 
     hub = DeployPlan(name="h", model="stabilityai/sd-turbo")
-    with tarfile.open(deploy.package_model(hub, tmp_path / "b.tar.gz")) as tar:
+    with tarfile.open(package_model(hub, tmp_path / "b.tar.gz")) as tar:
         names = tar.getnames()
     assert all(n.startswith("code/") for n in names)  # only our code; the container downloads the model
-    assert deploy.model_environment(hub)["STUDIO_MODEL"] == "stabilityai/sd-turbo"
+    assert model_environment(hub)["STUDIO_MODEL"] == "stabilityai/sd-turbo"
 
 
 def test_package_cli(tmp_path, capsys):
     checkpoint = tmp_path / "m.safetensors"
     checkpoint.write_bytes(b"weights")
     out = tmp_path / "out" / "model.tar.gz"
-    assert deploy.main(["package", "--model", str(checkpoint), "--out", str(out)]) == 0
+    assert main(["package", "--model", str(checkpoint), "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     with tarfile.open(out) as tar:
         assert "m.safetensors" in tar.getnames()
-    assert deploy.main(["package", "--model", str(tmp_path / "missing-folder/"), "--out", str(out)]) == 1
+    assert main(["package", "--model", str(tmp_path / "missing-folder/"), "--out", str(out)]) == 1
     assert "model:" in capsys.readouterr().out
 
 
