@@ -154,3 +154,26 @@ def test_model_load_failure_keeps_app_up(tmp_path):
         client.close()
     finally:
         blocks.close()
+
+
+def test_settings_lists_every_inservice_endpoint(aws):
+    """The Settings tab's endpoint list comes from studio.deploy.inventory: every InService endpoint, sorted, not
+    only those SD Studio deployed (any serving container will do)."""
+    import boto3
+
+    import app
+
+    sagemaker = boto3.client("sagemaker")
+    sagemaker.create_model(
+        ModelName="m",
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/SageMakerRole",
+        PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/sd-studio:latest"},
+    )
+    variant = [{"VariantName": "AllTraffic", "ModelName": "m", "InstanceType": "ml.g4dn.xlarge",
+                "InitialInstanceCount": 1}]
+    sagemaker.create_endpoint_config(EndpointConfigName="c", ProductionVariants=variant)
+    sagemaker.create_endpoint(EndpointName="zz-someone-elses", EndpointConfigName="c")
+    sagemaker.create_endpoint(
+        EndpointName="sd-ours", EndpointConfigName="c", Tags=[{"Key": "sd-studio", "Value": "true"}]
+    )
+    assert app.list_endpoints() == ["sd-ours", "zz-someone-elses"]
