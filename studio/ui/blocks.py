@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio.types import Limits, Task
+from studio.types import DEFAULT_LIMITS, Limits, Task
 from studio.ui.controller import StudioController, bind
 from studio.ui.generation import TAB_IDS, TAB_NAMES, GenerationTab, wire_send_to
 from studio.ui.history import build_history_tab, history
@@ -43,9 +43,8 @@ def poll_status(controller: StudioController) -> tuple[Any, str, Any]:
     return banner, status_text, gr.Timer(active=controller.status().loading)
 
 
-def build_ui(controller: StudioController, limits: Limits | None = None) -> gr.Blocks:
-    """The studio's Blocks (queued, not launched)."""
-    limits = limits or getattr(controller.engine, "limits", None) or Limits()
+def build_ui(controller: StudioController, limits: Limits = DEFAULT_LIMITS) -> gr.Blocks:
+    """The studio's Blocks (queued, not launched). `limits` are the sliders' ranges (the engine enforces its own)."""
     samplers = controller.engine.samplers()
     with gr.Blocks(title="SD Studio", analytics_enabled=False) as demo:
         status = controller.status()

@@ -14,10 +14,10 @@ from PIL import Image, UnidentifiedImageError
 from studio import metadata
 from studio.types import Task
 from studio.ui.generation import TAB_IDS
-from studio.ui.widgets import field_image
+from studio.ui.widgets import SENT_FIELDS, field_image
 
-# What PNG Info sends to Text to image, in the order of ParamsForm.sendable() + [seed].
-SENT_WITH_SEED = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "width", "height", "seed")
+# What PNG Info sends to Text to image: what "Send to" carries, and the seed too (the same image again).
+SENT_WITH_SEED = (*SENT_FIELDS, "seed")
 
 
 @dataclass

@@ -114,8 +114,7 @@ def build_params_form(task: Task, samplers: list[str], limits: Limits) -> Params
     # "" (not gradio's None) makes the prompts optional in the API, like every other parameter with a value.
     prompt = field_input(
         gr.Textbox(
-            "",
-            label="Prompt", lines=3, placeholder="a watercolor fox in a snowy forest", elem_id=f"{prefix}-prompt"
+            "", label="Prompt", lines=3, placeholder="a watercolor fox in a snowy forest", elem_id=f"{prefix}-prompt"
         )
     )
     negative = field_input(gr.Textbox("", label="Negative prompt", lines=2, elem_id=f"{prefix}-negative"))
