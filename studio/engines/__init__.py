@@ -1,38 +1,47 @@
 """The only engine factory: `build(settings)` turns EngineSettings into an Engine (not loaded yet).
 
 Every composition root uses it: app.py (and the Settings tab's backend switch), the serving app, the SageMaker
-toolkit handlers and the bench. The heavy engine modules (torch, diffusers, openvino, boto3) are imported here
-lazily, only for the backend asked for, so a remote-only studio never imports torch.
+toolkit handlers and the bench. The engine modules are imported here lazily, only for the backend asked for:
+`local` (torch, diffusers), `openvino` (the CPU fast path, a post-load hook of the local engine), `remote` and
+`transports` (HTTP and SageMaker; boto3 only when a client is built), so a remote-only studio never imports torch.
 """
 
 from __future__ import annotations
 
 from studio.config import Backend, EngineKind, EngineSettings
-from studio.engine import Engine
+from studio.engine import Engine, ModelLoadError
 
 
 def build(settings: EngineSettings) -> Engine:
     """The engine `settings` describe: local (torch, or OpenVINO on the CPU), a serving app over HTTP, or a
-    SageMaker endpoint. Call `engine.load()` to make it ready."""
+    SageMaker endpoint. Call `engine.load()` to make it ready. Raises ConfigError for inconsistent settings."""
     settings.validate()
     if settings.backend is Backend.HTTP:
-        from studio.remote import http_engine
+        from studio.engines.remote import http_engine
 
         return http_engine(settings.url or "", limits=settings.limits)
     if settings.backend is Backend.SAGEMAKER:
-        from studio.remote import sagemaker_engine
+        from studio.engines.remote import sagemaker_engine
 
         return sagemaker_engine(settings.endpoint or "", limits=settings.limits)
-    from studio.openvino_engine import local_engine_for  # TEMPORARY: replaced by engines.local / engines.openvino
+    from studio.engines.local import LocalEngine
 
-    return local_engine_for(
-        str(settings.kind),
+    accelerator = None
+    if settings.kind is EngineKind.OPENVINO:
+        try:
+            from studio.engines.openvino import OpenVINOAccelerator
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"the OpenVINO engine needs the openvino package: pip install openvino ({exc})"
+            ) from exc
+        accelerator = OpenVINOAccelerator(settings.precision, settings.openvino_cache)
+    return LocalEngine(
         settings.model,
-        precision=str(settings.precision),
         models_dir=settings.models_dir,
-        device=str(settings.device),
+        device=settings.device,
         inpaint_model=settings.inpaint_model,
         limits=settings.limits,
+        accelerator=accelerator,
     )
 
 

@@ -1,0 +1,202 @@
+"""OpenVINO compiled networks, and the redirection of a diffusers module's calls into them.
+
+The UNet's and the text encoder's `forward` and the VAE's `encode`/`decode` are replaced *inside the same module
+objects*, so every pipeline sharing those modules (txt2img, img2img, inpaint, the per-call copies) runs OpenVINO
+with the scheduler, seeds and sampler code untouched. Arguments the compiled graphs cannot honour are refused with
+an EngineError rather than ignored. Afterwards the torch weights can be released (`release_weights`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import openvino as ov
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
+from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from transformers import CLIPTextModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from studio.engine import EngineError
+
+_MARK = "_studio_openvino"  # attribute set on modules whose calls were redirected to OpenVINO
+
+
+class CompiledNetwork:
+    """One OpenVINO compiled model with its own infer request.
+
+    Calls are serialised with a lock (an InferRequest is not re-entrant; LocalEngine runs one generation at a
+    time anyway). Outputs are copied out of OpenVINO's buffers, which the next inference overwrites.
+    """
+
+    def __init__(self, name: str, compiled: ov.CompiledModel):
+        self.name = name
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.seconds = 0.0
+
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        started = time.perf_counter()
+        with self.lock:
+            self.request.infer([np.require(a, requirements="C") for a in arrays])  # keeps 0-d arrays 0-d
+            outputs = [
+                np.array(self.request.get_output_tensor(i).data, copy=True) for i in range(len(self.compiled.outputs))
+            ]
+            self.calls += 1
+            self.seconds += time.perf_counter() - started
+        return outputs
+
+    @property
+    def precision(self) -> str:
+        """The inference precision OpenVINO actually uses for this model ("bf16", "f32", ...)."""
+        try:
+            value = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        except Exception:  # older plugins may not report it
+            return "?"
+        text = value.to_string() if hasattr(value, "to_string") else str(value)
+        return {"bfloat16": "bf16", "float32": "f32", "float16": "f16"}.get(text, text)
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to("cpu").contiguous().numpy()
+
+
+def release_weights(module: torch.nn.Module) -> None:
+    """Replace every parameter and buffer by an empty tensor of the same dtype/device, freeing the torch weights.
+
+    `.dtype`, `.device`, `.config` and `.to()` keep working (pipelines read them); the weights now live in the
+    OpenVINO compiled model only.
+    """
+    with torch.no_grad():
+        for sub in module.modules():
+            for param in list(sub._parameters.values()):
+                if param is not None:
+                    param.data = torch.empty(0, dtype=param.dtype, device=param.device)
+            for name, buffer in list(sub._buffers.items()):
+                if buffer is not None:
+                    sub._buffers[name] = torch.empty(0, dtype=buffer.dtype, device=buffer.device)
+
+
+def _refuse(component: str, **given: Any) -> None:
+    used = sorted(name for name, value in given.items() if value is not None and value is not False)
+    if used:
+        raise EngineError(
+            f"the OpenVINO {component} does not support {', '.join(used)}; use the torch engine for this feature"
+        )
+
+
+def _scalar_timestep(timestep: torch.Tensor | float | int) -> np.ndarray:
+    if isinstance(timestep, torch.Tensor):
+        values = timestep.detach().to("cpu").reshape(-1).to(torch.float32)
+        if values.numel() > 1 and not bool((values == values[0]).all()):
+            raise EngineError("the OpenVINO UNet takes one timestep per call (got different timesteps in a batch)")
+        return np.asarray(float(values[0]), dtype=np.float32)
+    return np.asarray(float(timestep), dtype=np.float32)
+
+
+def install_unet(unet: UNet2DConditionModel, network: CompiledNetwork) -> None:
+    """From now on `unet(...)` runs `network` (SD 1.x/2.x conditioning only)."""
+
+    def forward(
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        timestep_cond: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+        down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
+        mid_block_additional_residual: torch.Tensor | None = None,
+        down_intrablock_additional_residuals: tuple[torch.Tensor, ...] | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> UNet2DConditionOutput | tuple[torch.Tensor]:
+        _refuse(
+            "UNet",
+            class_labels=class_labels,
+            timestep_cond=timestep_cond,
+            attention_mask=attention_mask,
+            cross_attention_kwargs=cross_attention_kwargs or None,
+            added_cond_kwargs=added_cond_kwargs or None,
+            down_block_additional_residuals=down_block_additional_residuals,
+            mid_block_additional_residual=mid_block_additional_residual,
+            down_intrablock_additional_residuals=down_intrablock_additional_residuals,
+            encoder_attention_mask=encoder_attention_mask,
+        )
+        (out,) = network(_numpy(sample.float()), _scalar_timestep(timestep), _numpy(encoder_hidden_states.float()))
+        result = torch.from_numpy(out).to(sample.dtype)
+        return UNet2DConditionOutput(sample=result) if return_dict else (result,)
+
+    unet.forward = forward
+    setattr(unet, _MARK, {"unet": network})
+
+
+def install_text_encoder(text_encoder: CLIPTextModel, network: CompiledNetwork) -> None:
+    """From now on `text_encoder(input_ids)` runs `network` (last hidden state only)."""
+
+    def forward(
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling | tuple[torch.Tensor]:
+        _refuse(
+            "text encoder",
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_attentions=output_attentions or None,
+            output_hidden_states=output_hidden_states or None,
+            **{k: v for k, v in kwargs.items() if v is not None},
+        )
+        if input_ids is None:
+            raise EngineError("the OpenVINO text encoder needs input_ids")
+        (hidden,) = network(_numpy(input_ids.to(torch.int64)))
+        hidden_states = torch.from_numpy(hidden)
+        if return_dict is False:
+            return (hidden_states,)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden_states)
+
+    text_encoder.forward = forward
+    setattr(text_encoder, _MARK, {"text_encoder": network})
+
+
+def install_vae(vae: AutoencoderKL, decoder: CompiledNetwork, encoder: CompiledNetwork) -> None:
+    """From now on `vae.decode` runs `decoder`, and `vae.encode` runs `encoder` for the posterior's moments (the
+    sampling stays in torch with the request's generator, so img2img/inpaint draw the torch engine's noise)."""
+
+    def encode(x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
+        (moments,) = encoder(_numpy(x.float()))
+        posterior = DiagonalGaussianDistribution(torch.from_numpy(moments).to(x.dtype))
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    def decode(
+        z: torch.Tensor, return_dict: bool = True, generator: torch.Generator | None = None
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        (image,) = decoder(_numpy(z.float()))
+        decoded = torch.from_numpy(image).to(z.dtype)
+        return DecoderOutput(sample=decoded) if return_dict else (decoded,)
+
+    vae.encode = encode
+    vae.decode = decode
+    setattr(vae, _MARK, {"vae_decoder": decoder, "vae_encoder": encoder})
+
+
+def is_openvino_module(module: torch.nn.Module) -> bool:
+    """True when `module`'s calls run on OpenVINO (apply_openvino installed itself there)."""
+    return hasattr(module, _MARK)
+
+
+def networks(module: torch.nn.Module) -> dict[str, CompiledNetwork]:
+    """The compiled networks behind an OpenVINO-redirected module ({} for a plain torch module)."""
+    return dict(getattr(module, _MARK, {}))
