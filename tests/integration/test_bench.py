@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -26,8 +25,7 @@ from bench.core import (
     ratio_summary,
     set_default_path,
 )
-
-REPO = Path(__file__).resolve().parents[1]
+from studio.testing.servers import REPO
 
 
 def test_stats_and_percentiles():

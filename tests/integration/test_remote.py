@@ -1,5 +1,6 @@
-"""studio.remote end to end: HTTP against a real serving process, and the boto3 paths against moto (S3 + the
-SageMaker control plane) plus a local stand-in for the SageMaker runtime API that forwards to serving apps."""
+"""The remote engines (studio.engines.remote and .transports, imported as studio.remote) end to end: HTTP against a
+real serving process, and the boto3 paths against moto (S3 + the SageMaker control plane) plus a local stand-in for
+the SageMaker runtime API that forwards to serving apps."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import requests
 from PIL import Image
 
 from studio import remote
+from studio.config import ServingSettings
 from studio.engine import EngineError, EngineNotReady, GenerationCancelled
 from studio.remote import Backoff, HttpTransport, RemoteEngine, SageMakerAsync, SageMakerRealtime
-from studio.serving import ServingSettings, create_app
+from studio.serving.app import create_app
 from studio.testing.fakes import FakeEngine
 from studio.testing.moto import MotoServer, aws_env
 from studio.testing.sagemaker_standin import SageMakerRuntimeStandin
@@ -58,10 +60,11 @@ def serving_process(serving_started):
 
 @pytest.fixture(scope="module")
 def local_engine(serving_started):
-    from studio.local_engine import LocalEngine
+    from studio.config import EngineSettings
+    from studio.engines import build
 
     with single_threaded_torch():
-        engine = LocalEngine("demo", device="cpu")
+        engine = build(EngineSettings(model="demo", device="cpu"))
         engine.load()
         yield engine
 
@@ -176,6 +179,16 @@ def test_http_unreachable_and_status(serving_process):
     assert status.loaded and status.backend == "http" and status.details["server_model"] == "demo"
 
 
+def test_load_checks_the_target_and_refuses_a_model(serving_process, aws):
+    for engine in (remote.http_engine(serving_process.url), remote.sagemaker_engine("sd-realtime")):
+        engine.load()
+        assert engine.status().loaded
+        with pytest.raises(EngineError, match=f"the {engine.backend} backend has no local model"):
+            engine.load("demo")
+    with pytest.raises(EngineError, match="cannot reach|unreachable"):
+        remote.http_engine(f"http://127.0.0.1:{free_port()}").load()
+
+
 def test_http_not_ready_is_engine_not_ready():
     gate = threading.Event()
     with UvicornThread(create_app(FakeEngine(load_gate=gate), settings=ServingSettings())) as server:
@@ -209,8 +222,10 @@ def test_runtime_client_honours_the_service_specific_endpoint_variable(aws):
 
 
 def test_list_inservice_endpoints(aws):
-    names = remote.list_inservice_endpoints()
-    assert names == sorted(names)
+    """The Settings tab's endpoint list (the one listing is studio.deploy.inventory, not the remote engines)."""
+    from studio.deploy.inventory import list_endpoints
+
+    names = [info.name for info in list_endpoints(all_in_service=True)]
     assert {"sd-realtime", "sd-async", "sd-broken"} <= set(names)
 
 
@@ -322,7 +337,7 @@ def test_invoking_a_missing_endpoint_is_a_clear_error(aws):
 
 def test_client_modules_import_without_torch_or_boto3():
     code = (
-        "import sys, studio.remote, studio.wire, studio.serving; "
+        "import sys, studio.engines, studio.remote, studio.wire, studio.serving; "
         "print(sorted(m for m in ('torch', 'diffusers', 'boto3', 'botocore') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -1,10 +1,7 @@
-"""OpenVINO CPU fast path on the demo model: f32 matches torch for the same seed, img2img and inpaint work, the
-IR cache is reused, unsupported features are refused, and nothing heavy is imported with the module."""
+"""OpenVINO CPU fast path on the demo model, built through studio.engines.build: f32 matches torch for the same
+seed, img2img and inpaint work, the IR cache is reused, unsupported features are refused."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,14 +9,11 @@ from PIL import Image
 
 pytest.importorskip("openvino")
 
+from studio import engines  # noqa: E402
+from studio.config import ConfigError, EngineSettings, Precision, load_settings  # noqa: E402
 from studio.engine import EngineError, ModelLoadError  # noqa: E402
-from studio.local_engine import LocalEngine  # noqa: E402
-from studio.openvino_engine import (  # noqa: E402
-    OpenVINOEngine,
-    check_precision,
-    is_openvino_module,
-    networks,
-)
+from studio.engines.local import LocalEngine  # noqa: E402
+from studio.engines.openvino import OpenVINOAccelerator, is_openvino_module, networks  # noqa: E402
 from studio.types import GenerationRequest, Task  # noqa: E402
 
 # 200x136 px -> 25x17 latents: odd sizes exercise the UNet's explicit upsample-size path.
@@ -43,6 +37,13 @@ def center_mask() -> Image.Image:
     return mask
 
 
+def openvino_engine(cache, precision: str = "f32", **settings) -> LocalEngine:
+    """An OpenVINO engine as every composition root makes one: studio.engines.build(EngineSettings(kind=openvino))."""
+    return engines.build(
+        EngineSettings(model="demo", kind="openvino", precision=precision, openvino_cache=cache, **settings)
+    )
+
+
 @pytest.fixture(scope="module")
 def ir_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("openvino-ir")
@@ -57,7 +58,7 @@ def torch_engine():
 
 @pytest.fixture(scope="module")
 def ov_engine(ir_cache):
-    engine = OpenVINOEngine("demo", precision="f32", openvino_cache=ir_cache)
+    engine = openvino_engine(ir_cache)
     engine.load()
     return engine
 
@@ -119,15 +120,15 @@ def test_status_shows_openvino_and_precision(ov_engine):
 
 
 def test_second_load_reuses_the_cached_ir(ov_engine, ir_cache):
-    first = ov_engine.report
+    first = ov_engine.accelerator.report
     assert first is not None and first.cache_hits == 0 and len(first.components) == 4
     files = sorted(ir_cache.glob("*/model.xml"))
     assert len(files) == 4
     mtimes = [f.stat().st_mtime_ns for f in files]
-    again = OpenVINOEngine("demo", precision="f32", openvino_cache=ir_cache)
+    again = openvino_engine(ir_cache)
     again.load()
-    assert again.report.cache_hits == 4
-    assert all(c.convert_seconds == 0 for c in again.report.components)
+    assert again.accelerator.report.cache_hits == 4
+    assert all(c.convert_seconds == 0 for c in again.accelerator.report.components)
     assert [f.stat().st_mtime_ns for f in sorted(ir_cache.glob("*/model.xml"))] == mtimes
     same = BASE.replace(steps=3)
     assert again.generate(same).images[0].tobytes() == ov_engine.generate(same).images[0].tobytes()
@@ -135,10 +136,10 @@ def test_second_load_reuses_the_cached_ir(ov_engine, ir_cache):
 
 @pytest.mark.slow
 def test_bf16_is_close_to_torch(torch_engine, ir_cache):
-    engine = OpenVINOEngine("demo", precision="bf16", openvino_cache=ir_cache)
+    engine = openvino_engine(ir_cache, precision="bf16")
     engine.load()
-    assert engine.report.cache_hits == 0  # fp16-weight IR: a separate cache entry from the f32 one
-    assert engine.report.precision in ("bf16", "f32")  # f32 on CPUs without native bf16
+    assert engine.accelerator.report.cache_hits == 0  # fp16-weight IR: a separate cache entry from the f32 one
+    assert engine.accelerator.report.precision in ("bf16", "f32")  # f32 on CPUs without native bf16
     diff = np.abs(pixels(engine.generate(BASE).images[0]) - pixels(torch_engine.generate(BASE).images[0]))
     assert diff.mean() < 3 and diff.max() <= 64
 
@@ -156,17 +157,21 @@ def test_unsupported_unet_features_are_refused(ov_engine):
 
 
 def test_bad_precision_and_device_are_errors():
-    assert check_precision("FP32") == "f32"
+    assert EngineSettings(precision="FP32").precision is Precision.F32
     with pytest.raises(ValueError, match="bf16, f32"):
-        OpenVINOEngine("demo", precision="int4")
+        OpenVINOAccelerator(precision="int4")
+    with pytest.raises(ValueError, match="bf16, f32"):
+        EngineSettings(kind="openvino", precision="int4")
     with pytest.raises(ModelLoadError, match="CPU"):
-        OpenVINOEngine("demo", device="cuda")
+        LocalEngine("demo", device="cuda", accelerator=OpenVINOAccelerator())
+    with pytest.raises(ConfigError, match="CPU"):
+        engines.build(EngineSettings(model="demo", kind="openvino", device="cuda"))
 
 
 def test_sdxl_like_pipelines_are_refused_with_a_message():
     from types import SimpleNamespace
 
-    from studio.openvino_engine import _check_supported
+    from studio.engines.openvino import _check_supported
 
     pipe = SimpleNamespace(text_encoder_2=object(), unet=None, vae=None)
     with pytest.raises(ModelLoadError, match="SDXL"):
@@ -176,33 +181,47 @@ def test_sdxl_like_pipelines_are_refused_with_a_message():
 def test_converter_telemetry_is_routed_to_the_stub():
     from openvino.tools.ovc import convert_impl, telemetry_stub
 
-    from studio.openvino_engine import _no_telemetry
+    from studio.engines.openvino_ir import no_telemetry
 
     original = convert_impl.tm
-    with _no_telemetry():
+    with no_telemetry():
         assert convert_impl.tm is telemetry_stub
     assert convert_impl.tm is original
 
 
-def test_importing_the_module_imports_neither_openvino_nor_torch():
-    code = "import sys, studio.openvino_engine; print(sorted(m for m in ('openvino', 'torch') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
-def test_engine_factory_picks_the_class():
-    from studio.openvino_engine import local_engine_for
-
-    assert type(local_engine_for("torch", "demo", device="cpu")) is LocalEngine
-    assert isinstance(local_engine_for("openvino", "demo", precision="f32"), OpenVINOEngine)
+def test_engine_factory_picks_the_engine():
+    torch_engine = engines.build(EngineSettings(model="demo", kind="torch", device="cpu"))
+    assert type(torch_engine) is LocalEngine and torch_engine.accelerator is None
+    ov = engines.build(EngineSettings(model="demo", kind="openvino", precision="f32"))
+    assert isinstance(ov, LocalEngine) and isinstance(ov.accelerator, OpenVINOAccelerator)
+    assert ov.accelerator.precision is Precision.F32
     with pytest.raises(ValueError, match="torch, openvino"):
-        local_engine_for("tensorrt", "demo")
+        EngineSettings(model="demo", kind="tensorrt")
+
+
+def test_studio_engine_openvino_reaches_an_openvino_engine_through_build():
+    """Defect 2: STUDIO_ENGINE=openvino (and --engine openvino) gives an engine that runs on OpenVINO."""
+    for settings in (
+        load_settings([], environ={"STUDIO_ENGINE": "openvino", "STUDIO_MODEL": "demo"}).engine,
+        load_settings(["--engine", "openvino", "--model", "demo"], environ={}).engine,
+    ):
+        engine = engines.build(settings)
+        assert isinstance(engine.accelerator, OpenVINOAccelerator)
+        status = engine.status()
+        assert "OpenVINO" in status.details["accelerator"] and not status.loaded
+
+
+def test_built_openvino_engine_runs_on_openvino(ov_engine):
+    """Defect 2, loaded: the engine build() made runs its networks on OpenVINO, and its status says so."""
+    status = ov_engine.status()
+    assert status.details["accelerator"].startswith("OpenVINO ") and status.dtype == "f32"
+    assert all(is_openvino_module(pipe.unet) for pipe in ov_engine.pipelines.values())
 
 
 @pytest.mark.slow
 def test_dedicated_inpainting_model_runs_on_openvino(torch_engine, ir_cache):
     """A 9-channel inpainting UNet (loaded next to the base model) converts too and matches torch."""
-    engine = OpenVINOEngine("demo", precision="f32", openvino_cache=ir_cache, inpaint_model="demo-inpaint")
+    engine = openvino_engine(ir_cache, inpaint_model="demo-inpaint")
     engine.load()
     reference = LocalEngine("demo", device="cpu", inpaint_model="demo-inpaint")
     reference.load()

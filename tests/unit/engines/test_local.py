@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from studio.engine import GenerationCancelled, ModelLoadError
-from studio.local_engine import LocalEngine
+from studio.engines.local import LocalEngine
 from studio.samplers import sampler_names
 from studio.types import GenerationRequest, RequestError, Task
 
