@@ -2,7 +2,7 @@
 
 The full-size model is built once from the real SD 1.5 configs shipped in studio/configs/sd-v1 (UNet 860 M, VAE
 84 M, CLIP text encoder 123 M parameters, the real CLIP tokenizer), with deterministic weights (fixed seeds per
-component), and saved as a diffusers folder under ``studio.models.cache_dir()/bench`` (about 4 GB, never in git).
+component), and saved as a diffusers folder under ``studio.config.cache_dir()/bench`` (about 4 GB, never in git).
 Random weights give noise images, but every multiply-add of a real SD 1.5 step is there, so time and memory are the
 real ones. Single-file (.safetensors, original A1111 key layout) copies are written next to it on demand, for the
 "diffusers folder vs single file" load-time comparison.
@@ -16,7 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from studio.models import file_lock, save_pipeline_dir
+from studio.config import cache_dir
+from studio.fs import file_lock
+from studio.models import save_pipeline_dir
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +29,7 @@ _REPO = Path(__file__).resolve().parents[1]
 
 
 def bench_cache() -> Path:
-    """``studio.models.cache_dir()/bench``: where benchmark models live."""
-    from studio.models import cache_dir
-
+    """``studio.config.cache_dir()/bench``: where benchmark models live."""
     return cache_dir() / "bench"
 
 

@@ -289,11 +289,11 @@ def gradio(ctx: Context) -> dict[str, Any]:
     from gradio_client import Client
 
     import app
-    from studio.config import Settings
+    from studio.config import EngineSettings, Settings
     from studio.testing.servers import free_port
 
     outputs = Path(tempfile.mkdtemp(prefix="bench-gradio-"))
-    settings = Settings(model="demo", outputs=outputs, port=free_port(), device="cpu")
+    settings = Settings(engine=EngineSettings(model="demo", device="cpu"), outputs=outputs, port=free_port())
     blocks, controller = app.launch(settings, prevent_thread_lock=True)
     ctx._closers.append(blocks.close)
     deadline = time.monotonic() + 120
@@ -325,7 +325,8 @@ def async_remote(ctx: Context) -> dict[str, Any]:
     """RemoteEngine over SageMaker async (S3 upload, invoke, poll) vs real-time, through the test stand-in."""
     import boto3
 
-    from studio import remote
+    from studio.engines.remote import RemoteEngine
+    from studio.engines.transports import Backoff, SageMakerAsync, SageMakerRealtime
     from studio.testing.moto import MotoServer, aws_env
     from studio.testing.sagemaker_standin import SageMakerRuntimeStandin
     from studio.types import GenerationRequest
@@ -340,10 +341,10 @@ def async_remote(ctx: Context) -> dict[str, Any]:
             standin.add_endpoint("bench-rt", server.url)
             standin.add_endpoint("bench-async", server.url, output_path=f"s3://{bucket}/async-output/")
             runtime = boto3.client("sagemaker-runtime", endpoint_url=standin.url, region_name="us-east-1")
-            sync = remote.RemoteEngine(remote.SageMakerRealtime("bench-rt", runtime))
-            poll = remote.Backoff(first=1.0, factor=1.5, maximum=15.0)  # SageMakerAsync's default
-            asynchronous = remote.RemoteEngine(
-                remote.SageMakerAsync("bench-async", runtime, s3, f"s3://{bucket}/async-input/", poll=poll)
+            sync = RemoteEngine(SageMakerRealtime("bench-rt", runtime))
+            poll = Backoff(first=1.0, factor=1.5, maximum=15.0)  # SageMakerAsync's default
+            asynchronous = RemoteEngine(
+                SageMakerAsync("bench-async", runtime, s3, f"s3://{bucket}/async-input/", poll=poll)
             )
             overheads: dict[str, list[float]] = {"sync": [], "async": []}
 

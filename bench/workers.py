@@ -77,13 +77,15 @@ def _pixel_diff(a: Any, b: Any) -> dict[str, float]:
 
 
 def _engine(model: str, engine: str = "torch", precision: str = "bf16") -> Any:
-    if engine == "openvino":
-        from studio.openvino_engine import OpenVINOEngine
+    """The studio's local engine for a benchmark model, made the way every composition root makes it."""
+    return _build(model_spec(model), kind=engine, precision=precision)
 
-        return OpenVINOEngine(model_spec(model), precision=precision)
-    from studio.local_engine import LocalEngine
 
-    return LocalEngine(model_spec(model), device="cpu")
+def _build(spec: str, **settings: Any) -> Any:
+    from studio.config import EngineSettings
+    from studio.engines import build
+
+    return build(EngineSettings(model=spec, device="cpu", **settings))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -95,7 +97,7 @@ def engine_vs_raw(model: str, size: int, steps: int, sampler: str, rounds: int, 
     import diffusers
     import torch
 
-    from studio.samplers import get_sampler, make_scheduler
+    from studio.samplers import get_sampler
     from studio.types import Task
 
     engine = _engine(model)
@@ -147,17 +149,7 @@ def engine_vs_raw(model: str, size: int, steps: int, sampler: str, rounds: int, 
 
     same = _pixel_diff(run_engine(), run_raw())
     times = interleave({"engine": run_engine, "raw": run_raw}, rounds=rounds, warmup=warmup)
-    # Where the engine's extra time goes: the per-call pipeline object (from_pipe walks every module with .to()).
-    scheduler = make_scheduler(sampler, base.scheduler.config)
-    from_pipe_s = statistics.median(
-        timed(lambda: type(base).from_pipe(base, scheduler=scheduler, dtype=torch.float32))[0] for _ in range(10)
-    )
-    expected, optional = type(base)._get_signature_keys(base)
-    components = {k: v for k, v in base.components.items() if k in expected}
-    options = {k: base.config[k] for k in optional if k in base.config}
-    construct_s = statistics.median(
-        timed(lambda: type(base)(**{**components, "scheduler": scheduler}, **options))[0] for _ in range(10)
-    )
+    diagnosis = _per_call_pipeline_costs(base, sampler)
     # Two estimates of engine/raw: the median of interleaved pairs (direct, but a neighbour's burst can push it
     # either way) and 1 + the engine's own time outside the pipeline call / the raw call (deterministic). The
     # headline `ratio` is the worse of the two, so a noisy machine cannot produce a false pass.
@@ -179,10 +171,30 @@ def engine_vs_raw(model: str, size: int, steps: int, sampler: str, rounds: int, 
         "engine_outside_pipeline_ms": Stats.of(outside[1 + warmup :]).as_dict(1000, 2),
         "ratio_from_outside": from_outside,
         "same_image_pixel_diff": same,
-        "diagnosis": {
-            "per_call_from_pipe_ms": round(from_pipe_s * 1000, 2),
-            "per_call_constructor_ms": round(construct_s * 1000, 2),
-        },
+        "diagnosis": diagnosis,
+    }
+
+
+def _per_call_pipeline_costs(base: Any, sampler: str) -> dict[str, float]:
+    """Where the engine's extra time goes: the per-call pipeline object (from_pipe walks every module with .to())
+    vs the plain constructor, median of 10 each (ms)."""
+    import torch
+
+    from studio.samplers import make_scheduler
+
+    scheduler = make_scheduler(sampler, base.scheduler.config)
+    from_pipe_s = statistics.median(
+        timed(lambda: type(base).from_pipe(base, scheduler=scheduler, dtype=torch.float32))[0] for _ in range(10)
+    )
+    expected, optional = type(base)._get_signature_keys(base)
+    components = {k: v for k, v in base.components.items() if k in expected}
+    options = {k: base.config[k] for k in optional if k in base.config}
+    construct_s = statistics.median(
+        timed(lambda: type(base)(**{**components, "scheduler": scheduler}, **options))[0] for _ in range(10)
+    )
+    return {
+        "per_call_from_pipe_ms": round(from_pipe_s * 1000, 2),
+        "per_call_constructor_ms": round(construct_s * 1000, 2),
     }
 
 
@@ -295,8 +307,6 @@ def task_switch(model: str, size: int, steps: int, cycles: int, strength: float 
 def load_time(model: str, rounds: int) -> dict[str, Any]:
     """Load (engine.load() plus a 64 px one-step image) of the diffusers folder vs the single-file copy, alternating,
     after one warm-up load each. `*_s` figures include the first image; `first_image_*` isolates it."""
-    from studio.local_engine import LocalEngine
-
     single = str(ensure_single_file(model))
     folder = model_spec(model)
 
@@ -305,7 +315,7 @@ def load_time(model: str, rounds: int) -> dict[str, Any]:
 
     def loader(name: str, spec: str) -> Callable[[], None]:
         def run() -> None:
-            engine = LocalEngine(spec, device="cpu")
+            engine = _build(spec)
             engine.load()
             # safetensors weights may be memory-mapped and paged in lazily: the first image shows that cost.
             first_image[name].append(timed(functools.partial(engine.generate, tiny))[0])
@@ -331,7 +341,7 @@ def peak_rss(model: str, engine: str, size: int, steps: int, precision: str = "b
     """RSS of the studio's engine with one model: after import, after load, and the peak through one generation."""
     import torch  # noqa: F401  (counted in the baseline, as in the studio)
 
-    from studio import local_engine  # noqa: F401
+    from studio.engines import local  # noqa: F401
 
     after_import = rss_mb()
     instance = _engine(model, engine, precision)
@@ -353,7 +363,7 @@ def peak_rss(model: str, engine: str, size: int, steps: int, precision: str = "b
         "peak_during_generate_mb": peak_rss_mb(),
         "rss_after_generate_mb": rss_mb(),
     }
-    report = getattr(instance, "report", None)
+    report = getattr(instance.accelerator, "report", None)
     if report is not None:
         out["precision"] = report.precision
         out["openvino_cache_hits"] = report.cache_hits
@@ -409,8 +419,8 @@ def openvino_speed(
         }
     out: dict[str, Any] = {
         "model": model,
-        "precision": ov_engine.report.precision,
-        "openvino": ov_engine.report.as_dict(),
+        "precision": ov_engine.accelerator.report.precision,
+        "openvino": ov_engine.accelerator.report.as_dict(),
         "openvino_load_s": round(ov_load_s, 2),
         "torch_load_s": round(torch_load_s, 2),
         "per_size": per_size,
@@ -456,9 +466,9 @@ def openvino_accuracy(precisions: list[str], size: int, steps: int) -> dict[str,
         out[precision] = {
             "pixel_diff": diffs,
             "max_pixel_diff": max(d["max"] for d in diffs.values()),
-            "effective_precision": ov.report.precision,
-            "cache_hits": ov.report.cache_hits,
-            "components": len(ov.report.components),
+            "effective_precision": ov.accelerator.report.precision,
+            "cache_hits": ov.accelerator.report.cache_hits,
+            "components": len(ov.accelerator.report.components),
         }
     return out
 
