@@ -85,7 +85,8 @@ def client(
     key = (service, region, quick, read_timeout, retries)
     if key not in cache:
         if quick:
-            config = Config(connect_timeout=3, read_timeout=5, retries={"mode": "standard", "max_attempts": 1})
+            # total_max_attempts: botocore reads max_attempts as *retries* (max_attempts=1 makes two calls).
+            config = Config(connect_timeout=3, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 1})
         elif read_timeout is not None or retries is not None:
             config = Config(
                 connect_timeout=10,
@@ -165,12 +166,14 @@ def describe_failure(exc: BaseException, target: str) -> str:
     if name == "ReadTimeoutError":
         return f"{target} did not answer in time"
     code = error_code(exc)
+    # botocore messages may embed URLs with credentials (a proxy's user:password, a presigned token): redact them.
     if code:
-        return f"{target}: {code}: {error_message(exc)}"
-    return f"{target}: {name}: {exc}"
+        return f"{target}: {code}: {redact_urls(error_message(exc))}"
+    return f"{target}: {name}: {redact_urls(str(exc))}"
 
 
 # ---- S3 URIs and URLs ------------------------------------------------------------------------------------------
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
 _S3_URI = re.compile(r"s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(.*))?", flags=re.DOTALL)
 
 
@@ -209,3 +212,8 @@ def redact_url(url: str) -> str:
     rest = rest.rsplit("@", 1)[-1]  # credentials end at the last '@' before the host
     parts = urlsplit(scheme + rest)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def redact_urls(text: str) -> str:
+    """`text` with every URL in it passed through redact_url."""
+    return _URL.sub(lambda match: redact_url(match.group(0)), text)

@@ -169,11 +169,6 @@ def test_describe_failure_is_one_line_naming_the_target_without_secrets(exc, exp
     ],
     ids=["proxy url with password", "credential provider message with a token URL"],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="studio/aws.py (lead): describe_failure's fallbacks print str(exc)/the AWS message unredacted; "
-    "requested: pass them through redact_url for every URL in the text",
-)
 def test_describe_failure_redacts_urls_in_other_errors(exc):
     """Errors without a dedicated message fall back to str(exc): the URLs in it must be redacted."""
     text = aws.describe_failure(exc, "sd-x")
@@ -243,11 +238,6 @@ def test_clients_are_cached_per_session_and_configuration():
     assert aws.client("s3", session=aws.new_session("us-east-1")) is not s3  # a new session: a new client
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="studio/aws.py (lead): quick clients use retries max_attempts=1, which botocore reads as 1 retry "
-    "(total_max_attempts 2); requested: retries={'mode': 'standard', 'total_max_attempts': 1}",
-)
 def test_quick_clients_make_one_attempt():
     """The start-up check must not wait for retries: "quick" is one attempt, as its docstring says."""
     quick = aws.client("s3", session=aws.new_session("us-east-1"), quick=True)
