@@ -11,13 +11,11 @@ real ones. Single-file (.safetensors, original A1111 key layout) copies are writ
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
 from studio.config import cache_dir
-from studio.fs import file_lock
+from studio.fs import atomic_path, file_lock
 from studio.models import save_pipeline_dir
 
 logger = logging.getLogger(__name__)
@@ -106,13 +104,7 @@ def ensure_single_file(name: str) -> Path:
 
         started = time.perf_counter()
         pipe = models.load_pipeline(models.resolve_model(model_spec(name), Path("models")))
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            write_safetensors(pipe, Path(tmp))
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(target) as tmp:
+            write_safetensors(pipe, tmp)
         logger.info("wrote %s in %.0fs", target, time.perf_counter() - started)
     return target

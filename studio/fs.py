@@ -71,35 +71,44 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None, durable: bool = True) -> Path:
-    """Write `data` to `path` so that a reader or a crash never sees a half-written file.
+@contextlib.contextmanager
+def atomic_path(path: Path, *, mode: int | None = None, durable: bool = True) -> Iterator[Path]:
+    """Yield a temp path beside `path` for the caller to write (a big file, written by a library); when the block
+    succeeds it is fsync'd (`durable`) and renamed to `path`, so a reader or a crash never sees half a file.
 
-    A temp file in the same folder, fsync'd (`durable`), then os.replace. `mode` defaults to the mode of the file
-    being replaced (e.g. a name reserved with O_EXCL), else 0644. Raises OSError and leaves no temp file behind.
+    `mode` defaults to the mode of the file being replaced (e.g. a name reserved with O_EXCL), else 0644. On an
+    exception the temp file is removed and `path` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     if mode is None:
         try:
             mode = os.stat(path).st_mode & 0o777
         except OSError:
             mode = DEFAULT_FILE_MODE
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(payload)
-            if durable:
-                handle.flush()
+        yield tmp
+        os.chmod(tmp, mode)
+        if durable:
+            with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        os.replace(tmp, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     if durable:
         fsync_dir(path.parent)
-    return path
+
+
+def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None, durable: bool = True) -> Path:
+    """Write `data` to `path` so that a reader or a crash never sees a half-written file (see atomic_path)."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_path(path, mode=mode, durable=durable) as tmp:
+        tmp.write_bytes(payload)
+    return Path(path)
 
 
 def _replace_never(_target: Path) -> bool:

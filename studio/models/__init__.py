@@ -12,8 +12,6 @@ Importing this package is light: torch, diffusers and transformers are imported 
 CLI: ``python -m studio.models build-demo DIR [--inpaint]`` and ``python -m studio.models list [MODELS_DIR]``.
 """
 
-from studio.config import cache_dir  # re-exported until callers move (redesign)
-from studio.fs import file_lock  # re-exported until callers move (redesign)
 from studio.models.demo import DEMO_VERSION, build_demo, demo_model_dir, save_pipeline_dir
 from studio.models.hashing import model_hash
 from studio.models.loading import is_inpaint_unet, load_pipeline, single_file_config_dir
@@ -51,13 +49,11 @@ __all__ = [
     "ModelKind",
     "ModelSource",
     "build_demo",
-    "cache_dir",
     "checkpoint_config_type",
     "checkpoint_shapes",
     "clip_tokenizer",
     "demo_model_dir",
     "discover_models",
-    "file_lock",
     "is_inpaint_unet",
     "load_pipeline",
     "model_hash",

@@ -180,3 +180,18 @@ def test_current_umask_reads_the_process_umask():
         assert fs.current_umask() == 0o027
     finally:
         os.umask(umask)
+
+
+def test_atomic_path_publishes_what_the_caller_wrote_and_nothing_on_failure(tmp_path):
+    target = tmp_path / "big.bin"
+    with fs.atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp != target
+        tmp.write_bytes(b"x" * 1000)
+        assert not target.exists()  # nothing visible until the block succeeds
+    assert target.read_bytes() == b"x" * 1000
+    assert oct(target.stat().st_mode & 0o777) == oct(fs.DEFAULT_FILE_MODE)
+    with pytest.raises(RuntimeError), fs.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer failed")
+    assert target.read_bytes() == b"x" * 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
