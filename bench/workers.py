@@ -182,7 +182,7 @@ def _per_call_pipeline_costs(base: Any, sampler: str) -> dict[str, float]:
 
     from studio.samplers import make_scheduler
 
-    scheduler = make_scheduler(sampler, base.scheduler.config)
+    scheduler = make_scheduler(sampler, "Automatic", base.scheduler.config)
     from_pipe_s = statistics.median(
         timed(lambda: type(base).from_pipe(base, scheduler=scheduler, dtype=torch.float32))[0] for _ in range(10)
     )

@@ -76,12 +76,24 @@ def _require_float(name: str, value: Any) -> float:
     return float(value)
 
 
+AUTOMATIC = "Automatic"  # the schedule type / VAE that the sampler / model brings with it (A1111's word)
+MAX_CLIP_SKIP = 12
+MAX_HIRES_SCALE = 8.0
+
+
+def _floor8(value: float) -> int:
+    """A derived size in pixels, floored to a multiple of 8 (the latent grid), as A1111's latent sizes are."""
+    return max(8, int(value) // 8 * 8)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One generation: txt2img, img2img or inpaint. Frozen; derive variants with `replace()`.
 
     Conventions (A1111's): image i of a run has seed `seed + i`; `seed == -1` means random
     (resolved by `with_resolved_seed()` and reported back). Mask: white = repaint.
+    The prompt may use A1111's syntax: `(word:1.3)`, `[word]`, `BREAK`, `<lora:name:weight>` tags.
+    Hires fix (text to image only) is on when `hires_scale` > 1 or a `hires_resize_x`/`_y` is given.
     """
 
     prompt: str
@@ -97,6 +109,15 @@ class GenerationRequest:
     image: Image.Image | None = field(default=None, compare=False, repr=False)
     mask: Image.Image | None = field(default=None, compare=False, repr=False)
     mask_blur: int = 4
+    scheduler: str = AUTOMATIC  # A1111's "Schedule type": Automatic, Uniform, Karras, Exponential, SGM Uniform, ...
+    clip_skip: int = 1  # A1111's meaning: 1 = the last CLIP layer, 2 = the penultimate one
+    vae: str = AUTOMATIC  # "Automatic" (the model's own) or a file in MODELS_DIR/VAE/
+    hires_scale: float = 1.0  # 1 = hires fix off
+    hires_resize_x: int = 0  # 0 = from hires_scale (or from the other side's aspect ratio)
+    hires_resize_y: int = 0
+    hires_upscaler: str = "Latent"
+    hires_steps: int = 0  # 0 = the same as steps
+    hires_strength: float = 0.7  # denoising strength of the second pass
 
     @property
     def task(self) -> Task:
@@ -105,6 +126,29 @@ class GenerationRequest:
         if self.image is not None:
             return Task.IMG2IMG
         return Task.TXT2IMG
+
+    @property
+    def hires(self) -> bool:
+        """True when hires fix is asked for."""
+        return self.hires_scale != 1.0 or bool(self.hires_resize_x) or bool(self.hires_resize_y)
+
+    def hires_size(self) -> tuple[int, int]:
+        """The final (width, height) of a hires-fix run; (width, height) without hires fix.
+
+        With both resize sides given, that size (the first pass is scaled to cover it and centre-cropped, as A1111
+        does); with one side, the other keeps the aspect ratio; else width and height times hires_scale. Derived
+        sides are floored to a multiple of 8.
+        """
+        if not self.hires:
+            return self.width, self.height
+        x, y = self.hires_resize_x, self.hires_resize_y
+        if x and y:
+            return x, y
+        if x:
+            return x, _floor8(x * self.height / self.width)
+        if y:
+            return _floor8(y * self.width / self.height), y
+        return _floor8(self.width * self.hires_scale), _floor8(self.height * self.hires_scale)
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)
@@ -121,84 +165,120 @@ class GenerationRequest:
             raise RequestError("seed", self.seed, "resolve the random seed before asking for per-image seeds")
         return [self.seed + i for i in range(self.count)]
 
-    def validate(self, limits: Limits = DEFAULT_LIMITS, samplers: Any = None) -> GenerationRequest:
-        """Check every field; return self (normalised types) or raise RequestError naming the field.
+    def validate(self, limits: Limits = DEFAULT_LIMITS) -> GenerationRequest:
+        """Check every field; return a copy with normalised types and names, or raise RequestError naming the field.
 
-        `samplers` is an optional callable name -> canonical name that raises RequestError for
-        unknown names (studio.samplers.canonical_name); when given, the sampler is normalised.
+        Sampler and schedule type are normalised by studio.samplers (aliases, old combined names such as
+        "DPM++ 2M Karras" split into sampler + schedule type). Nothing is clamped.
         """
-        if not isinstance(self.prompt, str):
-            raise RequestError("prompt", self.prompt, f"must be text, got {type(self.prompt).__name__}")
-        if not isinstance(self.negative_prompt, str):
-            raise RequestError(
-                "negative_prompt", self.negative_prompt, f"must be text, got {type(self.negative_prompt).__name__}"
-            )
-        for name in ("prompt", "negative_prompt"):
-            text = getattr(self, name)
-            if len(text) > limits.max_prompt_chars:
-                raise RequestError(
-                    name,
-                    f"<{len(text)} characters>",
-                    f"is {len(text)} characters; the limit is {limits.max_prompt_chars}",
-                )
-        if not isinstance(self.sampler, str) or not self.sampler.strip():
-            raise RequestError("sampler", self.sampler, f"must be a sampler name, got {_short(self.sampler)}")
-        sampler = samplers(self.sampler) if samplers is not None else self.sampler
+        from studio.samplers import normalize
 
-        steps = _require_int("steps", self.steps)
-        if not 1 <= steps <= limits.max_steps:
-            raise RequestError("steps", steps, f"must be between 1 and {limits.max_steps}, got {steps}")
-        cfg = _require_float("cfg_scale", self.cfg_scale)
-        if not limits.min_cfg_scale <= cfg <= limits.max_cfg_scale:
+        _check_text(self, limits)
+        sampler, scheduler = normalize(self.sampler, self.scheduler)
+        numbers = _check_numbers(self, limits)
+        _check_size(numbers["width"], numbers["height"], limits)
+        normalised = dataclasses.replace(self, sampler=sampler, scheduler=scheduler, **numbers)
+        _check_images(normalised)
+        _check_hires(normalised, limits)
+        return normalised
+
+
+def _check_text(request: GenerationRequest, limits: Limits) -> None:
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(request, name)
+        if not isinstance(text, str):
+            raise RequestError(name, text, f"must be text, got {type(text).__name__}")
+        if len(text) > limits.max_prompt_chars:
             raise RequestError(
-                "cfg_scale", cfg, f"must be between {limits.min_cfg_scale:g} and {limits.max_cfg_scale:g}, got {cfg:g}"
+                name, f"<{len(text)} characters>", f"is {len(text)} characters; the limit is {limits.max_prompt_chars}"
             )
-        seed = _require_int("seed", self.seed)
-        if not -1 <= seed <= MAX_SEED:
-            raise RequestError("seed", seed, f"must be -1 (random) or between 0 and {MAX_SEED}, got {seed}")
-        dims = {}
-        for name, maximum in (("width", limits.max_width), ("height", limits.max_height)):
-            value = _require_int(name, getattr(self, name))
-            if value < 8:
-                raise RequestError(name, value, f"must be at least 8, got {value}")
-            if value % 8:
-                raise RequestError(name, value, f"must be a multiple of 8, got {value}")
-            if value > maximum:
-                raise RequestError(name, value, f"must be at most {maximum}, got {value}")
-            dims[name] = value
-        if dims["width"] * dims["height"] > limits.max_pixels:
-            raise RequestError(
-                "width",
-                dims["width"],
-                f"{dims['width']}x{dims['height']} is more than the {limits.max_pixels} pixel limit",
-            )
-        count = _require_int("count", self.count)
-        if not 1 <= count <= limits.max_count:
-            raise RequestError("count", count, f"must be between 1 and {limits.max_count}, got {count}")
-        strength = _require_float("strength", self.strength)
-        if not 0.0 < strength <= 1.0:
-            raise RequestError("strength", strength, f"must be greater than 0 and at most 1, got {strength:g}")
-        mask_blur = _require_int("mask_blur", self.mask_blur)
-        if not 0 <= mask_blur <= 64:
-            raise RequestError("mask_blur", mask_blur, f"must be between 0 and 64, got {mask_blur}")
-        if self.mask is not None and self.image is None:
-            raise RequestError("image", None, "inpainting needs an image to paint on (a mask was given without one)")
-        for name in ("image", "mask"):
-            img = getattr(self, name)
-            if img is not None and not hasattr(img, "convert"):
-                raise RequestError(name, type(img).__name__, f"must be an image, got {type(img).__name__}")
-        return dataclasses.replace(
-            self,
-            sampler=sampler,
-            steps=steps,
-            cfg_scale=cfg,
-            seed=seed,
-            width=dims["width"],
-            height=dims["height"],
-            count=count,
-            strength=strength,
-            mask_blur=mask_blur,
+    for name, what in (
+        ("sampler", "a sampler name"),
+        ("scheduler", "a schedule type"),
+        ("vae", "a VAE name"),
+        ("hires_upscaler", "an upscaler name"),
+    ):
+        value = getattr(request, name)
+        if not isinstance(value, str) or not value.strip():
+            raise RequestError(name, value, f"must be {what}, got {_short(value)}")
+
+
+def _number_text(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _in_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise RequestError(
+            name, value, f"must be between {_number_text(low)} and {_number_text(high)}, got {_number_text(value)}"
         )
+
+
+def _check_numbers(request: GenerationRequest, limits: Limits) -> dict[str, Any]:
+    """Every numeric field, type-checked and range-checked; returns the normalised values."""
+    ints = {
+        name: _require_int(name, getattr(request, name))
+        for name in ("steps", "seed", "width", "height", "count", "mask_blur", "clip_skip")
+        + ("hires_resize_x", "hires_resize_y", "hires_steps")
+    }
+    floats = {
+        name: _require_float(name, getattr(request, name))
+        for name in ("cfg_scale", "strength", "hires_scale", "hires_strength")
+    }
+    _in_range("steps", ints["steps"], 1, limits.max_steps)
+    _in_range("cfg_scale", floats["cfg_scale"], limits.min_cfg_scale, limits.max_cfg_scale)
+    if not -1 <= ints["seed"] <= MAX_SEED:
+        raise RequestError("seed", ints["seed"], f"must be -1 (random) or between 0 and {MAX_SEED}, got {ints['seed']}")
+    _in_range("count", ints["count"], 1, limits.max_count)
+    for name in ("strength", "hires_strength"):
+        if not 0.0 < floats[name] <= 1.0:
+            raise RequestError(name, floats[name], f"must be greater than 0 and at most 1, got {floats[name]:g}")
+    _in_range("mask_blur", ints["mask_blur"], 0, 64)
+    _in_range("clip_skip", ints["clip_skip"], 1, MAX_CLIP_SKIP)
+    _in_range("hires_scale", floats["hires_scale"], 1.0, MAX_HIRES_SCALE)
+    _in_range("hires_steps", ints["hires_steps"], 0, limits.max_steps)
+    for name in ("hires_resize_x", "hires_resize_y"):
+        if ints[name] < 0 or ints[name] % 8:
+            raise RequestError(name, ints[name], f"must be 0 (off) or a positive multiple of 8, got {ints[name]}")
+    return {**ints, **floats}
+
+
+def _check_size(width: int, height: int, limits: Limits, field_name: str = "", what: str = "") -> None:
+    """A width x height against the limits. Errors name "width"/"height", or `field_name` with `what` saying which
+    size it is (the hires fix's final size is derived from the hires fields)."""
+    for name, value, maximum in (("width", width, limits.max_width), ("height", height, limits.max_height)):
+        shown, prefix = (field_name, f"{what} {name} ") if what else (name, "")
+        if value < 8:
+            raise RequestError(shown, value, f"{prefix}must be at least 8, got {value}")
+        if value % 8:
+            raise RequestError(shown, value, f"{prefix}must be a multiple of 8, got {value}")
+        if value > maximum:
+            raise RequestError(shown, value, f"{prefix}must be at most {maximum}, got {value}")
+    if width * height > limits.max_pixels:
+        prefix = f"{what} " if what else ""
+        raise RequestError(
+            field_name or "width", width, f"{prefix}{width}x{height} is more than the {limits.max_pixels} pixel limit"
+        )
+
+
+def _check_images(request: GenerationRequest) -> None:
+    if request.mask is not None and request.image is None:
+        raise RequestError("image", None, "inpainting needs an image to paint on (a mask was given without one)")
+    for name in ("image", "mask"):
+        img = getattr(request, name)
+        if img is not None and not hasattr(img, "convert"):
+            raise RequestError(name, type(img).__name__, f"must be an image, got {type(img).__name__}")
+
+
+def _check_hires(request: GenerationRequest, limits: Limits) -> None:
+    """Hires fix is text to image only, and its final size is checked against the limits before anything runs."""
+    if not request.hires:
+        return
+    field_name = "hires_scale" if not (request.hires_resize_x or request.hires_resize_y) else "hires_resize_x"
+    if request.task is not Task.TXT2IMG:
+        raise RequestError(field_name, request.hires_scale, "hires fix applies to text to image only")
+    width, height = request.hires_size()
+    _check_size(width, height, limits, field_name, what="the hires fix size")
 
 
 @dataclass

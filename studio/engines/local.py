@@ -39,7 +39,7 @@ from studio.engine import (
     ProgressCallback,
 )
 from studio.models import ModelSource
-from studio.samplers import canonical_name, make_scheduler, sampler_names
+from studio.samplers import make_scheduler, sampler_names
 from studio.types import DEFAULT_LIMITS, GenerationRequest, GenerationResult, Limits, RequestError, Task
 
 logger = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ class LocalEngine:
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> GenerationResult:
-        request = request.validate(self.limits, samplers=canonical_name).with_resolved_seed()
+        request = request.validate(self.limits).with_resolved_seed()
         loaded = self._require_loaded(wait=LOAD_WAIT_SECONDS)
         task = request.task
         pipe = loaded.pipes.get(task)
@@ -379,7 +379,7 @@ class LocalEngine:
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled(f"stopped after {index} of {len(seeds)} images", partial=result)
             # A light pipeline object for this call only: same modules, its own scheduler.
-            call_pipe = _call_pipeline(pipe, make_scheduler(request.sampler, pipe.scheduler.config))
+            call_pipe = _call_pipeline(pipe, make_scheduler(request.sampler, request.scheduler, pipe.scheduler.config))
             call_pipe.set_progress_bar_config(disable=True)
             last: dict[str, torch.Tensor | None] = {}
 

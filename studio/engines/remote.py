@@ -23,7 +23,7 @@ from studio.engines.transports import (
     Transport,
     make_runtime_client,
 )
-from studio.samplers import canonical_name, sampler_names
+from studio.samplers import sampler_names
 from studio.types import DEFAULT_LIMITS, GenerationRequest, GenerationResult, Limits
 from studio.wire import Fetch, S3Reader
 
@@ -64,7 +64,7 @@ class RemoteEngine:
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> GenerationResult:
-        request = request.validate(self.limits, samplers=canonical_name).with_resolved_seed()
+        request = request.validate(self.limits).with_resolved_seed()
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled()
         total = request.steps * request.count

@@ -67,10 +67,9 @@ class FakeEngine:
         from PIL import Image
 
         from studio.engine import GenerationCancelled
-        from studio.samplers import canonical_name
         from studio.types import GenerationResult
 
-        request = request.validate(samplers=canonical_name).with_resolved_seed()
+        request = request.validate().with_resolved_seed()
         self.requests.append(request)
         if self.fail_with is not None:
             raise self.fail_with

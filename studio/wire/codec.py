@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 
 from studio.aws import parse_s3_uri, redact_url
 from studio.engine import EngineError
-from studio.samplers import canonical_name
 from studio.types import DEFAULT_LIMITS, GenerationRequest, GenerationResult, Limits, RequestError
 
 if TYPE_CHECKING:
@@ -343,7 +342,7 @@ def decode_invocation(payload: Any, *, limits: Limits = DEFAULT_LIMITS, fetch: F
     s3_output, s3_output_field = _s3_output(fields)
 
     try:
-        request = GenerationRequest(**kwargs).validate(limits, samplers=canonical_name)
+        request = GenerationRequest(**kwargs).validate(limits)
     except RequestError as exc:
         if sized_from_image and exc.field in ("width", "height"):
             raise RequestError(

@@ -16,7 +16,6 @@ from PIL import Image, PngImagePlugin
 import studio
 from studio import fs
 from studio.metadata import format_infotext, parse_infotext, png_bytes, read_infotext, request_fields, save_png
-from studio.samplers import canonical_name
 from studio.types import GenerationRequest
 
 VERSION = f"sd-studio {studio.__version__}"
@@ -315,7 +314,7 @@ def test_other_schedule_types_do_not_change_the_sampler():
 def test_request_fields_from_a1111_build_a_valid_request(text: str):
     params = parse_infotext(text)
     fields = request_fields(params)
-    request = GenerationRequest(**fields).validate(samplers=canonical_name)
+    request = GenerationRequest(**fields).validate()
     assert request.prompt == params["prompt"]
     assert request.seed == params["seed"]
     assert (request.width, request.height) == (params["width"], params["height"])

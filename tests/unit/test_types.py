@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from studio.samplers import canonical_name
 from studio.types import GenerationRequest, Limits, RequestError, Task
 
 OK = GenerationRequest(prompt="a cat", width=64, height=64, steps=2)
@@ -41,11 +40,26 @@ OK = GenerationRequest(prompt="a cat", width=64, height=64, steps=2)
         ({"sampler": "Bogus"}, "sampler", "valid samplers"),
         ({"mask_blur": -1}, "mask_blur", "between 0 and 64"),
         ({"prompt": "x" * 20_001}, "prompt", "limit is 20000"),
+        ({"scheduler": "Polyfancy"}, "scheduler", "valid schedule types"),
+        ({"sampler": "Euler a", "scheduler": "Karras"}, "scheduler", "cannot use the Karras schedule type"),
+        ({"clip_skip": 0}, "clip_skip", "between 1 and 12"),
+        ({"clip_skip": 13}, "clip_skip", "between 1 and 12"),
+        ({"clip_skip": 1.5}, "clip_skip", "whole number"),
+        ({"vae": ""}, "vae", "must be a VAE name"),
+        ({"hires_scale": 0.5}, "hires_scale", "between 1 and 8"),
+        ({"hires_scale": "2"}, "hires_scale", "number"),
+        ({"hires_steps": -1}, "hires_steps", "between 0 and 150"),
+        ({"hires_strength": 0}, "hires_strength", "greater than 0"),
+        ({"hires_resize_x": 100}, "hires_resize_x", "multiple of 8"),
+        ({"hires_resize_y": -8}, "hires_resize_y", "multiple of 8"),
+        ({"hires_upscaler": None}, "hires_upscaler", "must be an upscaler name"),
+        ({"hires_scale": 2.0, "width": 1536}, "hires_scale", "the hires fix size width must be at most 2048"),
+        ({"hires_resize_x": 4096}, "hires_resize_x", "the hires fix size width must be at most 2048"),
     ],
 )
 def test_bad_field_is_named(changes, field, text):
     with pytest.raises(RequestError) as info:
-        OK.replace(**changes).validate(samplers=canonical_name)
+        OK.replace(**changes).validate()
     assert info.value.field == field
     assert str(info.value).startswith(f"{field}:")
     assert text in str(info.value)
@@ -57,7 +71,7 @@ def test_error_message_shows_the_value():
 
 
 def test_valid_request_is_normalised():
-    req = OK.replace(sampler="euler_a", width=64.0, cfg_scale=7).validate(samplers=canonical_name)
+    req = OK.replace(sampler="euler_a", width=64.0, cfg_scale=7).validate()
     assert req.sampler == "Euler a"
     assert req.width == 64 and isinstance(req.width, int)
     assert isinstance(req.cfg_scale, float)
@@ -91,3 +105,38 @@ def test_random_seed_resolves_and_seeds_follow():
     assert fixed.with_resolved_seed() is fixed
     with pytest.raises(RequestError):
         OK.replace(seed=-1).seeds()
+
+
+def test_old_combined_sampler_names_are_split():
+    req = OK.replace(sampler="DPM++ 2M Karras").validate()
+    assert (req.sampler, req.scheduler) == ("DPM++ 2M", "Karras")
+    req = OK.replace(sampler="dpmpp_2m", scheduler="sgm_uniform").validate()
+    assert (req.sampler, req.scheduler) == ("DPM++ 2M", "SGM Uniform")
+
+
+@pytest.mark.parametrize(
+    ("changes", "size"),
+    [
+        ({}, (64, 64)),
+        ({"hires_scale": 2.0}, (128, 128)),
+        ({"hires_scale": 1.5, "width": 96}, (144, 96)),
+        ({"hires_scale": 1.3}, (80, 80)),  # 83.2 floored to the latent grid
+        ({"hires_resize_x": 128}, (128, 128)),
+        ({"hires_resize_y": 96, "width": 128}, (192, 96)),
+        ({"hires_resize_x": 128, "hires_resize_y": 64}, (128, 64)),
+    ],
+)
+def test_hires_size(changes, size):
+    req = OK.replace(**changes).validate()
+    assert req.hires is (changes != {})
+    assert req.hires_size() == size
+
+
+def test_hires_fix_is_text_to_image_only_and_checked_against_the_pixel_limit_first():
+    img = Image.new("RGB", (64, 64))
+    with pytest.raises(RequestError) as info:
+        OK.replace(image=img, hires_scale=2.0).validate()
+    assert info.value.field == "hires_scale" and "text to image only" in str(info.value)
+    with pytest.raises(RequestError) as info:
+        OK.replace(width=512, height=512, hires_scale=2.0).validate(Limits(max_pixels=512 * 512))
+    assert info.value.field == "hires_scale" and "1024x1024 is more than the 262144 pixel limit" in str(info.value)

@@ -39,7 +39,8 @@ def test_request_round_trip_txt2img_keeps_every_field():
         mask_blur=2,
     )
     decoded, dialect = decode(codec.encode_request(request))
-    assert decoded == request
+    assert decoded == request.validate()  # validated: "DPM++ 2M Karras" is sampler DPM++ 2M, schedule type Karras
+    assert (decoded.sampler, decoded.scheduler) == ("DPM++ 2M", "Karras")
     assert dialect is Dialect.NATIVE
 
 
