@@ -1,7 +1,9 @@
-"""Command line for the model tools: build the demo model, list the models in a folder.
+"""Command line for the model tools: build the demo model and its demo LoRA and VAE, list the models in a folder.
 
-    python -m studio.models build-demo DIR [--inpaint]
-    python -m studio.models list [MODELS_DIR]
+python -m studio.models build-demo DIR [--inpaint]
+python -m studio.models build-demo-lora PATH.safetensors [--seed N]
+python -m studio.models build-demo-vae PATH.safetensors
+python -m studio.models list [MODELS_DIR]
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from studio.engine import ModelLoadError
 from studio.models.demo import build_demo
+from studio.models.demo_extras import build_demo_lora, build_demo_vae
 from studio.models.sources import discover_models
 
 
@@ -22,6 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build-demo", help="write the tiny demo model as a diffusers folder")
     build.add_argument("dir", type=Path)
     build.add_argument("--inpaint", action="store_true", help="the 9-channel inpainting variant")
+    lora = commands.add_parser("build-demo-lora", help="write a small kohya-format LoRA for the demo model")
+    lora.add_argument("path", type=Path, help="the .safetensors file to write (e.g. models/Lora/demo.safetensors)")
+    lora.add_argument("--seed", type=int, default=0, help="another seed gives another LoRA (default 0)")
+    vae = commands.add_parser("build-demo-vae", help="write a VAE file (original layout) for the demo model")
+    vae.add_argument("path", type=Path, help="the .safetensors (or .pt) file (e.g. models/VAE/demo.safetensors)")
     listing = commands.add_parser("list", help="list the models found in a models folder")
     listing.add_argument("models_dir", type=Path, nargs="?", default=Path("models"))
     return parser
@@ -34,13 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build-demo":
             print(build_demo(args.dir, inpaint=args.inpaint))
+        elif args.command == "build-demo-lora":
+            print(build_demo_lora(args.path, seed=args.seed))
+        elif args.command == "build-demo-vae":
+            print(build_demo_vae(args.path))
         else:
             found = discover_models(args.models_dir)
             for source in found:
                 print(f"{source.name}\t{source.kind}\t{source.location}")
             if not found:
                 print(f"no models in {args.models_dir} (the studio will use the built-in demo model)", file=sys.stderr)
-    except (ModelLoadError, OSError) as err:
+    except (ModelLoadError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
