@@ -13,7 +13,9 @@ results to S3 is the caller's job too: `encode_result` only puts the URIs it is 
 Dialects (see ../shared/FACTS.md):
 - native / Quick Kit: prompt, negative_prompt, steps, sampler, seed, width, height, count, cfg_scale
   (alias guidance_scale), input_image, mask_image, strength, mask_blur, s3_output (aliases output_location,
-  output_s3uri) -> {"images": [base64 PNG], "seeds", "infotexts", ...}; a Quick Kit request with an S3 output
+  output_s3uri); and A1111 1.9's fields under the request's names: scheduler, clip_skip, vae, hires_scale,
+  hires_resize_x, hires_resize_y, hires_upscaler, hires_steps, hires_strength (LoRAs are `<lora:name:w>` prompt
+  tags) -> {"images": [base64 PNG], "seeds", "infotexts", ...}; a Quick Kit request with an S3 output
   location -> {"result": ["s3://..."], ...}.
 - HF-DLC notebook: prompt (str or list) or inputs, num_images_per_prompt, num_inference_steps, guidance_scale,
   optional "parameters" object -> {"generated_images": [base64 PNG], ...}.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import io
 import re
 import time
@@ -71,6 +74,15 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "count": ("count", "num_images_per_prompt", "results"),
     "strength": ("strength", "denoising_strength"),
     "mask_blur": ("mask_blur",),
+    "scheduler": ("scheduler",),
+    "clip_skip": ("clip_skip",),
+    "vae": ("vae",),
+    "hires_scale": ("hires_scale",),
+    "hires_resize_x": ("hires_resize_x",),
+    "hires_resize_y": ("hires_resize_y",),
+    "hires_upscaler": ("hires_upscaler",),
+    "hires_steps": ("hires_steps",),
+    "hires_strength": ("hires_strength",),
     "image": ("input_image", "image", "init_image", "img"),
     "mask": ("mask_image", "mask"),
     "s3_output": ("s3_output", "output_location", "output_s3uri"),
@@ -85,6 +97,20 @@ _QUICK_KIT_KEYS = frozenset(
     | {"output_s3uri", "infer_args"}
 )
 _SCALAR_FIELDS = ("sampler", "steps", "cfg_scale", "seed", "width", "height", "count", "strength", "mask_blur")
+# The A1111 1.9 fields (issue 15), under the request's own names. encode_request sends them only when they differ
+# from the default, so a plain request still works against a serving app that predates them.
+_A1111_FIELDS = (
+    "scheduler",
+    "clip_skip",
+    "vae",
+    "hires_scale",
+    "hires_resize_x",
+    "hires_resize_y",
+    "hires_upscaler",
+    "hires_steps",
+    "hires_strength",
+)
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationRequest)}
 
 
 @dataclass(frozen=True)
@@ -295,7 +321,7 @@ def _text_fields(fields: dict[str, tuple[str, Any]]) -> dict[str, Any]:
     if negative_copies > 1 and prompt_copies not in (1, negative_copies):
         raise RequestError("negative_prompt", negative_copies, "list length does not match the prompt list")
     kwargs: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
-    for name in _SCALAR_FIELDS:
+    for name in (*_SCALAR_FIELDS, *_A1111_FIELDS):
         if name in fields and fields[name][1] is not None:
             kwargs[name] = fields[name][1]
     if prompt_copies > 1:
@@ -356,7 +382,10 @@ def decode_invocation(payload: Any, *, limits: Limits = DEFAULT_LIMITS, fetch: F
 
 
 def encode_request(request: GenerationRequest, *, s3_output: str | None = None) -> dict[str, Any]:
-    """The native-dialect JSON for a request (what RemoteEngine sends); images as base64 PNG."""
+    """The native-dialect JSON for a request (what RemoteEngine sends); images as base64 PNG.
+
+    The A1111 1.9 fields (scheduler, clip_skip, vae, hires_*) are sent when they are not the default, so plain
+    requests stay readable by a serving app that predates them (it refuses the others, naming the field)."""
     payload: dict[str, Any] = {
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt,
@@ -370,6 +399,10 @@ def encode_request(request: GenerationRequest, *, s3_output: str | None = None) 
         "strength": request.strength,
         "mask_blur": request.mask_blur,
     }
+    for name in _A1111_FIELDS:
+        value = getattr(request, name)
+        if value != _FIELD_DEFAULTS[name]:
+            payload[name] = value
     if request.image is not None:
         payload["input_image"] = image_to_base64(request.image)
     if request.mask is not None:

@@ -44,6 +44,87 @@ def test_request_round_trip_txt2img_keeps_every_field():
     assert dialect is Dialect.NATIVE
 
 
+A1111_FIELDS = {
+    "scheduler": "Karras",
+    "clip_skip": 2,
+    "vae": "vae-ft-mse-840000-ema-pruned.safetensors",
+    "hires_scale": 2.0,
+    "hires_resize_x": 0,
+    "hires_resize_y": 0,
+    "hires_upscaler": "Latent (bicubic antialiased)",
+    "hires_steps": 6,
+    "hires_strength": 0.45,
+}
+
+
+def test_request_round_trip_carries_the_a1111_fields():
+    request = GenerationRequest(
+        prompt="a fox <lora:fubuki:0.7>, (snow:1.2)",
+        sampler="DPM++ 2M SDE",
+        width=256,
+        height=384,
+        seed=5,
+        **A1111_FIELDS,
+    )
+    payload = codec.encode_request(request)
+    assert {name: payload[name] for name in A1111_FIELDS if name in payload} == {
+        name: value for name, value in A1111_FIELDS.items() if not name.startswith("hires_resize")
+    }
+    decoded, dialect = decode(payload)
+    assert decoded == request.validate() and dialect is Dialect.NATIVE
+    assert decoded.prompt == "a fox <lora:fubuki:0.7>, (snow:1.2)"  # LoRA tags travel in the prompt
+    resized = request.replace(hires_scale=1.0, hires_resize_x=512, hires_resize_y=640)
+    assert decode(codec.encode_request(resized))[0].hires_size() == (512, 640)
+
+
+def test_encode_request_leaves_default_a1111_fields_out():
+    """A plain request is what an older serving app (before these fields) still accepts."""
+    payload = codec.encode_request(GenerationRequest(prompt="x", seed=1))
+    assert not set(A1111_FIELDS) & set(payload)
+    assert set(payload) == {
+        "prompt",
+        "negative_prompt",
+        "sampler",
+        "steps",
+        "cfg_scale",
+        "seed",
+        "width",
+        "height",
+        "count",
+        "strength",
+        "mask_blur",
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"clip_skip": 13}, "clip_skip", "between 1 and 12"),
+        ({"clip_skip": "2"}, "clip_skip", "whole number"),
+        ({"scheduler": "Sometimes"}, "scheduler", "valid schedule types"),
+        ({"vae": ""}, "vae", "VAE name"),
+        ({"hires_scale": 9}, "hires_scale", "between 1 and 8"),
+        ({"hires_strength": 0}, "hires_strength", "greater than 0"),
+        ({"hires_resize_x": 100}, "hires_resize_x", "multiple of 8"),
+        ({"hires_steps": -1}, "hires_steps", "between 0 and"),
+        ({"hires_scale": 2, "input_image": png_b64(gradient())}, "hires_scale", "text to image only"),
+        ({"hires_scale": 8, "width": 512, "height": 512}, "hires_scale", "the hires fix size"),
+    ],
+)
+def test_bad_a1111_fields_name_the_field(changes, field, words):
+    with pytest.raises(RequestError, match=words) as caught:
+        decode({"prompt": "x", **changes})
+    assert caught.value.field == field
+
+
+def test_unknown_field_lists_the_a1111_fields_too():
+    with pytest.raises(RequestError, match="unknown field") as caught:
+        decode({"prompt": "x", "hr_scale": 2})
+    assert caught.value.field == "hr_scale"
+    for name in A1111_FIELDS:
+        assert name in str(caught.value)
+
+
 def test_request_round_trip_inpaint_keeps_pixels():
     image, mask = gradient(), gradient(mode="L")
     request = GenerationRequest(prompt="x", image=image, mask=mask, width=64, height=48, seed=3)
