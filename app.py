@@ -116,6 +116,32 @@ def list_models(settings: EngineSettings) -> list[str]:
     return ["demo", *(str(m.location) for m in discover_models(settings.models_dir))]
 
 
+def list_loras(settings: EngineSettings) -> list[str]:
+    """The LoRA names found in --models-dir/Lora, as `<lora:NAME:w>` tags take them: the file's stem (A1111's name),
+    or its path under Lora/ when several files share that stem."""
+    from collections import Counter
+
+    from studio.models.lora import discover_loras
+
+    found = discover_loras(settings.models_dir)
+    stems = Counter(lora.name for lora in found)
+    return [lora.name if stems[lora.name] == 1 else lora.relative for lora in found]
+
+
+def list_vaes(settings: EngineSettings) -> list[str]:
+    """The VAE files found in --models-dir/VAE, by the name a request's `vae` takes ("Automatic" not included)."""
+    from studio.models.vae import discover_vaes
+
+    return [vae.name for vae in discover_vaes(settings.models_dir)]
+
+
+def list_upscalers(settings: EngineSettings) -> list[str]:
+    """The hires fix upscalers: the built-in ones and the ESRGAN files in --models-dir/ESRGAN."""
+    from studio.upscalers import upscaler_names
+
+    return list(upscaler_names(settings.models_dir))
+
+
 def list_endpoints() -> list[str]:
     """Every InService SageMaker endpoint in the default region (whoever deployed it), for the Settings tab."""
     from studio.deploy import inventory
@@ -151,6 +177,9 @@ def create_studio(settings: Settings) -> tuple[gr.Blocks, StudioController]:
         switch_engine=EngineSwitch(settings.engine, local),
         list_models=lambda: list_models(settings.engine),
         list_endpoints=list_endpoints,
+        list_loras=lambda: list_loras(settings.engine),
+        list_vaes=lambda: list_vaes(settings.engine),
+        list_upscalers=lambda: list_upscalers(settings.engine),
     )
     return build_ui(controller, settings.limits), controller
 

@@ -1,7 +1,8 @@
 """StudioController: what the UI handlers call. Holds the active engine, the output store and Stop tokens.
 
 It sees engines only through the studio.engine protocol; app.py injects the function that builds engines for the
-backend switch, so this module never imports torch, diffusers or boto3 (nor gradio).
+backend switch and the functions that list models, LoRA, VAE and upscaler files, so this module never imports torch,
+diffusers or boto3 (nor gradio).
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ class StudioController:
     switch_engine: EngineSwitch | None = None
     list_models: Callable[[], list[str]] = field(default=lambda: [])
     list_endpoints: Callable[[], list[str]] | None = None
+    # The files the generation forms offer (names as requests use them), listed by app.py from --models-dir:
+    # LoRAs (MODELS_DIR/Lora/), VAEs (MODELS_DIR/VAE/, without "Automatic"), hires upscalers (built-in + ESRGAN/).
+    list_loras: Callable[[], list[str]] = field(default=lambda: [])
+    list_vaes: Callable[[], list[str]] = field(default=lambda: [])
+    list_upscalers: Callable[[], list[str]] = field(default=lambda: [])
     notices: list[str] = field(default_factory=list)  # shown to each browser on page load (e.g. running endpoints)
     _tokens: dict[str, threading.Event] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)

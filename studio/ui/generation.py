@@ -8,6 +8,7 @@ in the default lane, is never queued behind the run it stops.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,13 +16,15 @@ import gradio as gr
 
 from studio import metadata
 from studio.engine import EngineError, GenerationCancelled
-from studio.types import GenerationRequest, RequestError, Task
+from studio.types import AUTOMATIC, GenerationRequest, RequestError, Task
 from studio.ui.controller import StudioController, bind
-from studio.ui.widgets import SENT_FIELDS, ParamsForm
+from studio.ui.widgets import DEFAULT_UPSCALER, REQUEST_DEFAULTS, SENT_FIELDS, ParamsForm, insert_lora_tag, with_value
 
 TAB_IDS = {Task.TXT2IMG: "tab-txt2img", Task.IMG2IMG: "tab-img2img", Task.INPAINT: "tab-inpaint"}
 TAB_NAMES = {Task.TXT2IMG: "Text to image", Task.IMG2IMG: "Image to image", Task.INPAINT: "Inpaint"}
 ENGINE_LANE = {"concurrency_limit": 1, "concurrency_id": "engine"}
+
+logger = logging.getLogger(__name__)
 
 Gallery = list[tuple[str, str]]  # (saved file, caption)
 
@@ -143,8 +146,46 @@ def first_image() -> int:
     return 0
 
 
+def listed(list_files: Any, what: str) -> list[str]:
+    """The names a listing function returns; a failure is shown to the user (gr.Error), not hidden."""
+    try:
+        return list(list_files())
+    except Exception as err:
+        raise gr.Error(f"Could not list the {what}: {err}") from None
+
+
+def rescan_files(controller: StudioController) -> tuple[Any, Any, Any]:
+    """The LoRA, VAE and upscaler dropdowns with the files in the models folder now (kept values stay)."""
+    loras = listed(controller.list_loras, "LoRA files")
+    vaes = [AUTOMATIC, *listed(controller.list_vaes, "VAE files")]
+    upscalers = with_value(listed(controller.list_upscalers, "upscalers"), DEFAULT_UPSCALER)
+    gr.Info(f"{len(loras)} LoRA file(s), {len(vaes) - 1} VAE file(s), {len(upscalers)} upscaler(s)")
+    return gr.update(choices=loras), gr.update(choices=vaes), gr.update(choices=upscalers)
+
+
+def rescan_lora_vae(controller: StudioController) -> tuple[Any, Any]:
+    """`rescan_files` for a tab without the hires fix's upscaler."""
+    loras, vaes, _ = rescan_files(controller)
+    return loras, vaes
+
+
+def restored_values(fields: dict[str, Any], names: tuple[str, ...] | list[str]) -> list[Any]:
+    """Component values for `names` from request fields (metadata.request_fields). A field the infotext leaves out at
+    its default (schedule type, clip skip, VAE, hires fix) gets that default, so the form shows what made the
+    image; any other missing field leaves its component as it is."""
+    values: list[Any] = []
+    for name in names:
+        if name in fields:
+            values.append(fields[name])
+        elif name in metadata.OMITTED_AT_DEFAULT:
+            values.append(REQUEST_DEFAULTS[name])
+        else:
+            values.append(gr.update())
+    return values
+
+
 def wire_tab_events(tab: GenerationTab, controller: StudioController, run: Any) -> None:
-    """Stop, the seed buttons and the gallery selection of one tab; `run` is its Generate event."""
+    """Stop, the seed buttons, the gallery selection and the LoRA picker of one tab; `run` is its Generate event."""
     outputs, form = tab.outputs, tab.form
     # Queued: gradio shows a handler's gr.Error / gr.Info only for queued events (queue=False drops them).
     # Stop runs in the default lane, never behind the generation it stops.
@@ -153,6 +194,12 @@ def wire_tab_events(tab: GenerationTab, controller: StudioController, run: Any) 
     form.reuse_seed.click(reuse_seed, [outputs.info, outputs.selected], form.seed, api_visibility="private")
     outputs.gallery.select(selected_index, None, outputs.selected, api_visibility="private", queue=False)
     run.then(first_image, None, outputs.selected, api_visibility="private", queue=False)
+    form.loras.insert.click(insert_lora_tag, [form.prompt, form.loras.name], form.prompt, api_visibility="private")
+    if form.hires is None:
+        rescan, rescanned = rescan_lora_vae, [form.loras.name, form.vae]
+    else:
+        rescan, rescanned = rescan_files, [form.loras.name, form.vae, form.hires.upscaler]
+    form.loras.refresh.click(bind(rescan, controller), None, rescanned, api_visibility="private")
 
 
 def sent_values(target: Task, gallery: list[Any] | None, selected: int, info: dict[str, Any] | None) -> list[Any]:
@@ -164,12 +211,29 @@ def sent_values(target: Task, gallery: list[Any] | None, selected: int, info: di
     path = item[0] if isinstance(item, (tuple, list)) else item
     infotexts = (info or {}).get("infotexts") or []
     fields = metadata.request_fields(metadata.parse_infotext(infotexts[index])) if index < len(infotexts) else {}
-    values = [fields[key] if key in fields else gr.update() for key in SENT_FIELDS]
+    size = _image_size(path)
+    if size is not None:  # the image itself (a hires fix image is larger than the infotext's first-pass Size)
+        fields["width"], fields["height"] = size
+    values = restored_values(fields, SENT_FIELDS)
     if target is Task.INPAINT:
         image_value: Any = {"background": path, "layers": [], "composite": path}
     else:
         image_value = path
     return [image_value, *values, gr.Tabs(selected=TAB_IDS[target])]
+
+
+def _image_size(path: str) -> tuple[int, int] | None:
+    """A saved image's size rounded down to a multiple of 8 (what the target tab's upload would set), read from the
+    file header; None when the file cannot be read (the infotext's Size is then used)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except OSError as err:
+        logger.warning("could not read the size of %s: %s", path, err)
+        return None
+    return max(64, width // 8 * 8), max(64, height // 8 * 8)
 
 
 def send_to_img2img(gallery: list[Any] | None, selected: int, info: dict[str, Any] | None) -> list[Any]:

@@ -10,7 +10,7 @@ from PIL import Image
 from studio.types import Limits, Task
 from studio.ui.controller import StudioController, bind
 from studio.ui.generation import ENGINE_LANE, Gallery, GenerationTab, build_outputs, run_generation, wire_tab_events
-from studio.ui.widgets import build_params_form, field_image, to_request
+from studio.ui.widgets import FormChoices, build_params_form, field_image, to_request
 
 
 def img2img(
@@ -26,15 +26,31 @@ def img2img(
     height: float,
     count: float,
     strength: float,
+    scheduler: str,
+    clip_skip: float,
+    vae: str,
     request: gr.Request,
     progress: gr.Progress = gr.Progress(),
 ) -> tuple[Gallery, dict[str, Any]]:
-    """Rework `image` towards `prompt`; `strength` (0-1] is how much changes. Returns the gallery and the info,
-    as /txt2img does."""
+    """Rework `image` towards `prompt`; `strength` (0-1] is how much changes. `scheduler`, `clip_skip` and `vae`
+    as /txt2img has them. Returns the gallery and the info, as /txt2img does."""
     if image is None:
         raise gr.Error("image: upload an input image", title="Invalid input")
     generation = to_request(
-        prompt, negative_prompt, sampler, steps, cfg_scale, seed, width, height, count, image=image, strength=strength
+        prompt,
+        negative_prompt,
+        sampler,
+        steps,
+        cfg_scale,
+        seed,
+        width,
+        height,
+        count,
+        image=image,
+        strength=strength,
+        scheduler=scheduler,
+        clip_skip=clip_skip,
+        vae=vae,
     )
     return run_generation(controller, generation, request, progress)
 
@@ -46,7 +62,7 @@ def size_of(image: Image.Image | None) -> tuple[Any, Any]:
     return max(64, image.width // 8 * 8), max(64, image.height // 8 * 8)
 
 
-def build_img2img_tab(controller: StudioController, samplers: list[str], limits: Limits) -> GenerationTab:
+def build_img2img_tab(controller: StudioController, choices: FormChoices, limits: Limits) -> GenerationTab:
     """Build the tab inside the current gr.Tab and wire its events."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
@@ -56,7 +72,7 @@ def build_img2img_tab(controller: StudioController, samplers: list[str], limits:
                 ),
                 "image",
             )
-            form = build_params_form(Task.IMG2IMG, samplers, limits)
+            form = build_params_form(Task.IMG2IMG, choices, limits)
         outputs = build_outputs(Task.IMG2IMG)
     run = outputs.generate.click(
         bind(img2img, controller),

@@ -15,7 +15,7 @@ from studio.types import Limits, Task
 from studio.ui.controller import StudioController, bind
 from studio.ui.generation import ENGINE_LANE, Gallery, GenerationTab, build_outputs, run_generation, wire_tab_events
 from studio.ui.img2img import size_of
-from studio.ui.widgets import build_params_form, field_image, to_request
+from studio.ui.widgets import FormChoices, build_params_form, field_image, to_request
 
 Editor = dict[str, Any]  # gr.ImageEditor's value: {"background", "layers", "composite"}
 
@@ -34,11 +34,14 @@ def inpaint(
     height: float,
     count: float,
     strength: float,
+    scheduler: str,
+    clip_skip: float,
+    vae: str,
     request: gr.Request,
     progress: gr.Progress = gr.Progress(),
 ) -> tuple[Gallery, dict[str, Any]]:
-    """Repaint the white area of `mask` in `image` following `prompt`. Returns the gallery and the info, as
-    /txt2img does."""
+    """Repaint the white area of `mask` in `image` following `prompt`. `scheduler`, `clip_skip` and `vae` as
+    /txt2img has them. Returns the gallery and the info, as /txt2img does."""
     if image is None:
         raise gr.Error("image: an image to inpaint is required", title="Invalid input")
     if mask is None:
@@ -56,6 +59,9 @@ def inpaint(
         image=image,
         mask=mask,
         strength=strength,
+        scheduler=scheduler,
+        clip_skip=clip_skip,
+        vae=vae,
     )
     return run_generation(controller, generation, request, progress)
 
@@ -74,6 +80,9 @@ def inpaint_editor(
     height: float,
     count: float,
     strength: float,
+    scheduler: str,
+    clip_skip: float,
+    vae: str,
     mask_blur: float,
     request: gr.Request,
     progress: gr.Progress = gr.Progress(),
@@ -93,6 +102,9 @@ def inpaint_editor(
         image=background.convert("RGB"),
         mask=mask,
         strength=strength,
+        scheduler=scheduler,
+        clip_skip=clip_skip,
+        vae=vae,
         mask_blur=mask_blur,
     )
     return run_generation(controller, generation, request, progress)
@@ -120,7 +132,7 @@ def editor_size(editor: Editor | None) -> tuple[Any, Any]:
     return size_of((editor or {}).get("background"))
 
 
-def build_inpaint_tab(controller: StudioController, samplers: list[str], limits: Limits) -> GenerationTab:
+def build_inpaint_tab(controller: StudioController, choices: FormChoices, limits: Limits) -> GenerationTab:
     """Build the tab inside the current gr.Tab and wire its events (the editor's and the public endpoint's)."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
@@ -142,7 +154,7 @@ def build_inpaint_tab(controller: StudioController, samplers: list[str], limits:
                     ),
                     "mask",
                 )
-            form = build_params_form(Task.INPAINT, samplers, limits)
+            form = build_params_form(Task.INPAINT, choices, limits)
         outputs = build_outputs(Task.INPAINT)
     results = [outputs.gallery, outputs.info]
     run = outputs.generate.click(

@@ -1,6 +1,8 @@
 """PNG Info: read generation parameters back from any PNG (ours or A1111's); send them to Text to image.
 
-/png_info(image) is a public API endpoint: the parsed parameters as JSON.
+/png_info(image) is a public API endpoint: the parameters as request-ready JSON (studio.metadata.request_fields:
+the request's own field names, `loras` {name: weight} from the prompt's tags, every other infotext key under its
+own name). "Send to Text to image" restores every field, the hires fix's included.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from PIL import Image, UnidentifiedImageError
 
 from studio import metadata
 from studio.types import Task
-from studio.ui.generation import TAB_IDS
+from studio.ui.generation import TAB_IDS, restored_values
 from studio.ui.widgets import SENT_FIELDS, field_image
 
-# What PNG Info sends to Text to image: what "Send to" carries, and the seed too (the same image again).
+# What PNG Info sends to Text to image: what "Send to" carries, the seed too (the same image again), and the hires
+# fix (in metadata.HIRES_FIELDS order, ParamsForm.hires_fields()).
 SENT_WITH_SEED = (*SENT_FIELDS, "seed")
+SENT_TO_TXT2IMG = (*SENT_WITH_SEED, *metadata.HIRES_FIELDS)
 
 
 @dataclass
@@ -28,7 +32,7 @@ class PngInfoTab:
 
 
 def read_png_info(path: str | None) -> tuple[str, dict[str, Any]]:
-    """(raw infotext, parsed parameters) of an image file; no parameters is an empty result, not an error."""
+    """(raw infotext, request-ready fields) of an image file; no parameters is an empty result, not an error."""
     if not path:
         return "", {}
     try:
@@ -38,11 +42,14 @@ def read_png_info(path: str | None) -> tuple[str, dict[str, Any]]:
         raise gr.Error(f"image: cannot read this file as an image ({err})", title="Invalid input") from None
     if not text:
         return "", {}
-    return text, metadata.parse_infotext(text)
+    return text, metadata.request_fields(metadata.parse_infotext(text))
 
 
 def png_info(image: str | None) -> dict[str, Any]:
-    """The generation parameters stored in the PNG `image` (A1111 infotext), parsed; {} when it has none."""
+    """The generation parameters stored in the PNG `image` (A1111 infotext) as request fields: prompt,
+    negative_prompt, sampler, scheduler, steps, cfg_scale, seed, width, height, clip_skip, vae, hires_* and
+    strength/hires_strength where present, `loras` {name: weight} from the prompt's tags, and every other key
+    under its own name (model, model_hash, Version, ...); {} when it has none."""
     return read_png_info(image)[1]
 
 
@@ -51,14 +58,15 @@ def png_infotext(image: str | None) -> str:
     return read_png_info(image)[0]
 
 
-def send_parameters(parameters: dict[str, Any] | None) -> list[Any]:
-    """Parsed infotext → values for Text to image's prompt, negative, sampler, steps, cfg, width, height, seed,
-    and the tab to select."""
-    if not parameters:
+def send_parameters(fields: dict[str, Any] | None) -> list[Any]:
+    """Request fields (from png_info) → values for Text to image's SENT_TO_TXT2IMG components, the Hires fix
+    accordion (opened when the image used it) and the tab to select. Fields an infotext leaves out at their default
+    (schedule type, clip skip, VAE, hires fix) are reset to it, so the form shows what made the image."""
+    if not fields:
         raise gr.Error("No parameters to send: load a PNG that has generation parameters")
-    fields = metadata.request_fields(parameters)
-    values = [fields[key] if key in fields else gr.update() for key in SENT_WITH_SEED]
-    return [*values, gr.Tabs(selected=TAB_IDS[Task.TXT2IMG])]
+    hires = any(name in fields for name in metadata.HIRES_FIELDS)
+    values = restored_values(fields, SENT_TO_TXT2IMG)
+    return [*values, gr.Accordion(open=hires), gr.Tabs(selected=TAB_IDS[Task.TXT2IMG])]
 
 
 def build_pnginfo_tab() -> PngInfoTab:

@@ -1,20 +1,27 @@
 """The generation parameters form and the one place its values become a GenerationRequest.
 
-Every generation tab shows the same form (prompt … seed, plus strength and mask blur where they apply); its
-components, in `ParamsForm.inputs()` order, are the public API's parameters after any image inputs. The values
+Every generation tab shows the same form (prompt, LoRA picker, sampler and schedule type … seed, clip skip and VAE,
+plus strength and mask blur, or text to image's Hires fix, where they apply); its components, in
+`ParamsForm.inputs()` order, are the public API's parameters after any image inputs. The values
 reach `GenerationRequest.validate()` unchanged (`field_input`), so a bad one is refused with an error naming the
 field, for the browser and the API alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import gradio as gr
 
 from studio.samplers import DEFAULT_SAMPLER
-from studio.types import GenerationRequest, Limits, Task
+from studio.types import AUTOMATIC, MAX_CLIP_SKIP, MAX_HIRES_SCALE, GenerationRequest, Limits, Task
+
+# Every request field's default (what a form starts with, and what a missing "omitted at default" key means).
+REQUEST_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(GenerationRequest)}
+DEFAULT_UPSCALER: str = REQUEST_DEFAULTS["hires_upscaler"]
 
 
 def _passthrough(value: Any) -> Any:
@@ -65,6 +72,45 @@ def field_image(component: Any, field: str) -> Any:
     return component
 
 
+@dataclass(frozen=True)
+class FormChoices:
+    """What the forms' dropdowns offer: samplers and schedule types (the registry's), and the VAE, LoRA and upscaler
+    files found by the functions app.py injects into the controller. The VAE, upscaler and sampler boxes also take a
+    typed name (a pasted infotext may name a file that is not here: the engine then says so, naming the field)."""
+
+    samplers: list[str]
+    schedulers: list[str] = dataclass_field(default_factory=lambda: [AUTOMATIC])
+    vaes: list[str] = dataclass_field(default_factory=list)  # files only; "Automatic" is added in front
+    loras: list[str] = dataclass_field(default_factory=list)
+    upscalers: list[str] = dataclass_field(default_factory=list)
+
+
+@dataclass
+class HiresForm:
+    """Text to image's "Hires fix" accordion (A1111's): upscale the first pass, then an img2img pass at that size."""
+
+    accordion: gr.Accordion
+    upscaler: gr.Dropdown
+    steps: gr.Slider
+    strength: gr.Slider
+    scale: gr.Slider
+    resize_x: gr.Slider
+    resize_y: gr.Slider
+
+    def inputs(self) -> list[Any]:
+        """In the public API's order: hires_scale, hires_upscaler, hires_steps, hires_strength, hires_resize_x/y."""
+        return [self.scale, self.upscaler, self.steps, self.strength, self.resize_x, self.resize_y]
+
+
+@dataclass
+class LoraPicker:
+    """The LoRA files found, and a button that inserts the chosen one's `<lora:name:1>` tag into the prompt."""
+
+    name: gr.Dropdown
+    insert: gr.Button
+    refresh: gr.Button
+
+
 @dataclass
 class ParamsForm:
     """The parameter widgets of one generation tab."""
@@ -72,19 +118,25 @@ class ParamsForm:
     prompt: gr.Textbox
     negative_prompt: gr.Textbox
     sampler: gr.Dropdown
+    scheduler: gr.Dropdown
     steps: gr.Slider
     cfg_scale: gr.Slider
     seed: gr.Number
     width: gr.Slider
     height: gr.Slider
     count: gr.Slider
+    clip_skip: gr.Slider
+    vae: gr.Dropdown
     random_seed: gr.Button
     reuse_seed: gr.Button
+    loras: LoraPicker
     strength: gr.Slider | None = None  # img2img and inpaint
     mask_blur: gr.Slider | None = None  # the inpaint tab's editor only (not a public API parameter)
+    hires: HiresForm | None = None  # text to image only
 
     def inputs(self) -> list[Any]:
-        """The components in the public API's parameter order (after any image inputs)."""
+        """The components in the public API's parameter order (after any image inputs). Parameters added later
+        come after the earlier ones, so old positional calls keep working."""
         params = [
             self.prompt,
             self.negative_prompt,
@@ -96,19 +148,46 @@ class ParamsForm:
             self.height,
             self.count,
         ]
-        return params if self.strength is None else [*params, self.strength]
+        if self.strength is not None:
+            params.append(self.strength)
+        params += [self.scheduler, self.clip_skip, self.vae]
+        return params if self.hires is None else [*params, *self.hires.inputs()]
 
     def sendable(self) -> list[Any]:
         """The components "Send to" and PNG Info fill from saved parameters, in `SENT_FIELDS` order."""
         return [getattr(self, name) for name in SENT_FIELDS]
 
+    def hires_fields(self) -> list[Any]:
+        """The hires fix components in `metadata.HIRES_FIELDS` order (text to image only)."""
+        if self.hires is None:
+            return []
+        hires = self.hires
+        return [hires.scale, hires.resize_x, hires.resize_y, hires.steps, hires.upscaler, hires.strength]
+
 
 # The request fields another image's parameters carry over (the seed only from PNG Info: a sent image is reworked).
-SENT_FIELDS = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "width", "height")
+SENT_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "sampler",
+    "scheduler",
+    "steps",
+    "cfg_scale",
+    "width",
+    "height",
+    "clip_skip",
+    "vae",
+)
 
 
-def build_params_form(task: Task, samplers: list[str], limits: Limits) -> ParamsForm:
-    """Lay out the form inside the current column: prompts, sampler and sizes, then strength/blur, then the seed."""
+def with_value(choices: list[str], value: str) -> list[str]:
+    """`choices` with `value` first when it is missing (a dropdown's default must be one of its choices)."""
+    return choices if value in choices else [value, *choices]
+
+
+def build_params_form(task: Task, choices: FormChoices, limits: Limits) -> ParamsForm:
+    """Lay out the form inside the current column: prompts and LoRAs, sampler and sizes, clip skip and VAE, then the
+    hires fix (text to image) or strength/blur, then the seed."""
     prefix = task.value
     # Passed through too: gradio's Textbox would turn 5 or ["a", "b"] into the text "5" / "['a', 'b']". The initial
     # "" (not gradio's None) makes the prompts optional in the API, like every other parameter with a value.
@@ -118,14 +197,23 @@ def build_params_form(task: Task, samplers: list[str], limits: Limits) -> Params
         )
     )
     negative = field_input(gr.Textbox("", label="Negative prompt", lines=2, elem_id=f"{prefix}-negative"))
+    loras = _build_lora_picker(prefix, choices.loras)
     with gr.Row():
         sampler = gr.Dropdown(
-            samplers,
+            choices.samplers,
             value=DEFAULT_SAMPLER,
             label="Sampler",
             scale=2,
             allow_custom_value=True,
             elem_id=f"{prefix}-sampler",
+        )
+        scheduler = gr.Dropdown(
+            with_value(choices.schedulers, AUTOMATIC),
+            value=AUTOMATIC,
+            label="Schedule type",
+            scale=2,
+            allow_custom_value=True,
+            elem_id=f"{prefix}-scheduler",
         )
         steps = field_input(gr.Slider(1, limits.max_steps, value=20, step=1, label="Steps", scale=3))
     with gr.Row():
@@ -134,6 +222,16 @@ def build_params_form(task: Task, samplers: list[str], limits: Limits) -> Params
     with gr.Row():
         cfg = field_input(gr.Slider(limits.min_cfg_scale, limits.max_cfg_scale, value=7.0, step=0.5, label="CFG scale"))
         count = field_input(gr.Slider(1, limits.max_count, value=1, step=1, label="Image count"))
+    with gr.Row():
+        clip_skip = field_input(gr.Slider(1, MAX_CLIP_SKIP, value=1, step=1, label="Clip skip"))
+        vae = gr.Dropdown(
+            [AUTOMATIC, *choices.vaes],
+            value=AUTOMATIC,
+            label="VAE",
+            allow_custom_value=True,
+            elem_id=f"{prefix}-vae",
+        )
+    hires = _build_hires_form(prefix, choices.upscalers, limits) if task is Task.TXT2IMG else None
     strength = mask_blur = None
     if task is not Task.TXT2IMG:
         strength = field_input(gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength"))
@@ -149,17 +247,67 @@ def build_params_form(task: Task, samplers: list[str], limits: Limits) -> Params
         prompt=prompt,
         negative_prompt=negative,
         sampler=sampler,
+        scheduler=scheduler,
         steps=steps,
         cfg_scale=cfg,
         seed=seed,
         width=width,
         height=height,
         count=count,
+        clip_skip=clip_skip,
+        vae=vae,
         random_seed=random_seed,
         reuse_seed=reuse_seed,
+        loras=loras,
         strength=strength,
         mask_blur=mask_blur,
+        hires=hires,
     )
+
+
+def _build_lora_picker(prefix: str, loras: list[str]) -> LoraPicker:
+    with gr.Accordion("LoRA", open=False, elem_id=f"{prefix}-lora"):
+        with gr.Row():
+            name = gr.Dropdown(
+                loras,
+                value=loras[0] if loras else None,
+                label="LoRA files (models/Lora)",
+                scale=4,
+                elem_id=f"{prefix}-lora-name",
+            )
+            insert = gr.Button("Insert tag", size="sm", scale=0, min_width=100, elem_id=f"{prefix}-lora-insert")
+            refresh = gr.Button("Rescan", size="sm", scale=0, min_width=80, elem_id=f"{prefix}-lora-refresh")
+    return LoraPicker(name=name, insert=insert, refresh=refresh)
+
+
+def _build_hires_form(prefix: str, upscalers: list[str], limits: Limits) -> HiresForm:
+    with gr.Accordion("Hires fix", open=False, elem_id=f"{prefix}-hires") as accordion:
+        with gr.Row():
+            upscaler = gr.Dropdown(
+                with_value(upscalers, DEFAULT_UPSCALER),
+                value=DEFAULT_UPSCALER,
+                label="Upscaler",
+                allow_custom_value=True,
+                elem_id=f"{prefix}-hires-upscaler",
+            )
+            steps = field_input(gr.Slider(0, limits.max_steps, value=0, step=1, label="Hires steps"))
+            strength = field_input(gr.Slider(0.01, 1.0, value=0.7, step=0.01, label="Denoising strength"))
+        with gr.Row():
+            scale = field_input(gr.Slider(1.0, MAX_HIRES_SCALE, value=1.0, step=0.05, label="Upscale by (1 = off)"))
+            resize_x = field_input(gr.Slider(0, limits.max_width, value=0, step=8, label="Resize width to"))
+            resize_y = field_input(gr.Slider(0, limits.max_height, value=0, step=8, label="Resize height to"))
+    return HiresForm(accordion, upscaler, steps, strength, scale, resize_x, resize_y)
+
+
+def insert_lora_tag(prompt: str | None, name: str | None) -> str:
+    """The prompt with the LoRA's `<lora:name:1>` tag appended (A1111's; edit the weight in the prompt)."""
+    from studio.prompts import lora_tag
+
+    if not name:
+        raise gr.Error("Choose a LoRA first (put .safetensors files in models/Lora and press Rescan)")
+    text = prompt or ""
+    separator = "" if not text or text[-1].isspace() else " "
+    return f"{text}{separator}{lora_tag(name)}"
 
 
 def to_request(

@@ -50,6 +50,9 @@ VALID = dict(
     prompt="a red apple", negative_prompt="", sampler="Euler a", steps=2, cfg_scale=7, seed=7, width=64, height=64,
     count=1,
 )
+# /txt2img's later parameters (scheduler, clip_skip, vae, hires_*): gradio_client fills their defaults, a raw HTTP
+# /call/ request must send every value (gradio's rule, see h05).
+TXT2IMG_LATER_DEFAULTS = ["Automatic", 1, "Automatic", 1.0, "Latent", 0, 0.7, 0, 0]
 LONG_PROMPT = ("a very detailed painting of a lighthouse on a cliff at sunset, " * 160)[:10_000]
 TABLE: list[tuple[str, str, str, str]] = []  # (id, channel, case, result)
 
@@ -303,7 +306,8 @@ RAW_GRADIO_CASES = [
     ("h01", "malformed JSON", b'{"data": [', "application/json", 422, "json"),
     ("h02", "wrong content type (text/plain)", b'{"data": ["x"]}', "text/plain", 422, "body"),
     ("h03", 'no "data" field', b'{"inputs": ["x"]}', "application/json", 422, "data"),
-    ("h04", "cfg_scale NaN", json.dumps({"data": list({**VALID, "cfg_scale": float("nan")}.values())}).encode(),
+    ("h04", "cfg_scale NaN",
+     json.dumps({"data": [*{**VALID, "cfg_scale": float("nan")}.values(), *TXT2IMG_LATER_DEFAULTS]}).encode(),
      "application/json", 200, "cfg_scale: must be a finite number"),
     ("h05", "too few values", b'{"data": ["x"]}', "application/json", 200, "enough input values"),
 ]

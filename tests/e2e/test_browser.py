@@ -19,6 +19,7 @@ from PIL import Image, PngImagePlugin
 pytest.importorskip("playwright")
 from playwright.sync_api import expect  # noqa: E402
 
+from studio.models.demo_extras import build_demo_lora, build_demo_vae  # noqa: E402
 from studio.testing.browser import (  # noqa: E402
     drag,
     field_value,
@@ -47,6 +48,10 @@ BLUE = (10, 120, 200)
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser-studio")
+    for folder in ("Lora", "VAE"):
+        (root / "models" / folder).mkdir(parents=True)
+    build_demo_lora(root / "models" / "Lora" / "demo-lora.safetensors")
+    build_demo_vae(root / "models" / "VAE" / "demo-vae.safetensors")
     app = start_studio(root)
     yield app
     app.close()
@@ -123,6 +128,8 @@ def test_inpaint_paint_a_mask_with_the_mouse_and_generate(page, studio, tmp_path
     Image.new("RGB", (96, 80), BLUE).save(src)
     open_studio(page, studio.url)
     panel = open_tab(page, "Inpaint")
+    # The editor drops a file given before its canvas exists (seen on a loaded machine): wait for it, as a person would.
+    page.locator("#inpaint-editor canvas").first.wait_for(state="attached")
     page.locator("#inpaint-editor input[type=file]").set_input_files(src)
     expect(panel.get_by_label("number input for Width", exact=True)).to_have_value("96")
     expect(panel.get_by_label("number input for Height", exact=True)).to_have_value("80")
@@ -139,6 +146,7 @@ def test_inpaint_paint_a_mask_with_the_mouse_and_generate(page, studio, tmp_path
 
     # Paint a short stroke through the middle of the picture with the mouse.
     canvas = page.locator("#inpaint-editor canvas").last
+    canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     drag(page, [(cx - 40, cy - 10), (cx, cy), (cx + 40, cy + 10)])
@@ -186,6 +194,7 @@ def test_send_a_gallery_image_to_img2img_and_inpaint(page, studio):
     set_number(inpaint, "Mask blur", 0)
     canvas = page.locator("#inpaint-editor canvas").last
     expect(canvas).to_be_visible()
+    canvas.scroll_into_view_if_needed()  # setting Mask blur, below the longer form, scrolled it up
     box = canvas.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     drag(page, [(cx - 20, cy), (cx + 20, cy)])
@@ -243,7 +252,9 @@ def test_png_info_reads_a_png_and_sends_it_to_text_to_image(page, studio, tmp_pa
     txt = page.locator("#tab-txt2img")
     expect(page.locator("#txt2img-prompt textarea")).to_have_value("a castle on a hill, oil painting")
     expect(page.locator("#txt2img-negative textarea")).to_have_value("fog, people")
-    expect(page.locator("#txt2img-sampler input")).to_have_value("DPM++ 2M Karras")
+    # The pre-1.9 combined name arrives as sampler + schedule type.
+    expect(page.locator("#txt2img-sampler input")).to_have_value("DPM++ 2M")
+    expect(page.locator("#txt2img-scheduler input")).to_have_value("Karras")
     expect(txt.get_by_label("Seed (-1 = random)", exact=True)).to_have_value("4242")
     values = {label: field_value(txt, label) for label in ("Steps", "CFG scale", "Width", "Height")}
     assert values == {"Steps": "7", "CFG scale": "5.5", "Width": "72", "Height": "88"}
@@ -253,7 +264,80 @@ def test_png_info_reads_a_png_and_sends_it_to_text_to_image(page, studio, tmp_pa
     generate(page, "txt2img", expect_images=1)
     text = parameters_of(read_json(page, "txt2img-info")["paths"][0])
     assert text.startswith("a castle on a hill, oil painting\nNegative prompt: fog, people\n")
-    assert "Steps: 7, Sampler: DPM++ 2M Karras, CFG scale: 5.5, Seed: 4242, Size: 72x88" in text
+    assert "Steps: 7, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5.5, Seed: 4242, Size: 72x88" in text
+
+
+ISSUE_INFOTEXT = (Path(__file__).parents[1] / "data" / "a1111_issue15.txt").read_text().strip()
+
+
+def a1111_png(path: Path, text: str) -> Path:
+    chunk = PngImagePlugin.PngInfo()
+    chunk.add_text("parameters", text)
+    Image.new("RGB", (64, 96), (120, 80, 160)).save(path, pnginfo=chunk)
+    return path
+
+
+def send_from_png_info(page, png: Path, text: str) -> None:
+    open_tab(page, "PNG Info")
+    page.locator("#pnginfo-image input[type=file]").set_input_files(png)
+    expect(page.locator("#pnginfo-text textarea")).to_have_value(text)
+    page.wait_for_function("() => document.querySelector('#pnginfo-json').innerText.includes('2245042501')")
+    page.locator("#pnginfo-send-txt2img").click()
+    expect(page.get_by_role("tab", name="Text to image", exact=True)).to_have_attribute("aria-selected", "true")
+
+
+def test_png_info_sends_the_issue_infotext_with_hires_schedule_type_clip_skip_and_vae(page, studio, tmp_path):
+    """Issue 15's infotext (an anime model card, A1111 1.9.3) in a PNG: PNG Info -> Send to Text to image fills
+    every field, the Hires fix accordion included; fields the infotext leaves at their default are reset."""
+    open_studio(page, studio.url)
+    txt = page.locator("#tab-txt2img")
+    set_number(txt, "Clip skip", 5)  # left over from an earlier image: must not survive the paste
+
+    send_from_png_info(page, a1111_png(tmp_path / "card.png", ISSUE_INFOTEXT), ISSUE_INFOTEXT)
+    expect(page.locator("#txt2img-prompt textarea")).to_have_value(ISSUE_INFOTEXT.splitlines()[0])
+    expect(page.locator("#txt2img-negative textarea")).to_have_value("bad fingers")
+    expect(page.locator("#txt2img-sampler input")).to_have_value("DPM++ 2M SDE")
+    expect(page.locator("#txt2img-scheduler input")).to_have_value("Karras")
+    expect(page.locator("#txt2img-vae input")).to_have_value("vaeFtMse840000EmaPruned_vae.safetensors")
+    expect(txt.get_by_label("Seed (-1 = random)", exact=True)).to_have_value("2245042501")
+    hires = page.locator("#txt2img-hires")
+    expect(page.locator("#txt2img-hires-upscaler input")).to_be_visible()  # the accordion opened
+    expect(page.locator("#txt2img-hires-upscaler input")).to_have_value("R-ESRGAN 4x+ Anime6B")
+    labels = ("Steps", "CFG scale", "Width", "Height", "Clip skip")
+    assert {label: field_value(txt, label) for label in labels} == {
+        "Steps": "20",
+        "CFG scale": "7",
+        "Width": "512",
+        "Height": "768",
+        "Clip skip": "1",
+    }
+    labels = ("Upscale by (1 = off)", "Hires steps", "Denoising strength", "Resize width to", "Resize height to")
+    assert {label: field_value(hires, label) for label in labels} == {
+        "Upscale by (1 = off)": "2",
+        "Hires steps": "10",
+        "Denoising strength": "0.6",
+        "Resize width to": "0",
+        "Resize height to": "0",
+    }
+
+    # The same card with "Clip skip: 2" (where A1111 writes it): clip skip arrives too.
+    with_clip_skip = ISSUE_INFOTEXT.replace("Denoising strength: 0.6, ", "Denoising strength: 0.6, Clip skip: 2, ")
+    send_from_png_info(page, a1111_png(tmp_path / "card-clip-skip.png", with_clip_skip), with_clip_skip)
+    expect(txt.get_by_label("number input for Clip skip", exact=True)).to_have_value("2")
+    assert not page.page_errors
+
+
+def test_insert_a_lora_tag_and_see_the_lists(page, studio):
+    """The LoRA list shows the files in models/Lora and inserts a tag; the VAE list offers models/VAE's files."""
+    open_studio(page, studio.url)
+    type_prompt(page, "txt2img", "a fox")
+    page.locator("#txt2img-lora").get_by_text("LoRA", exact=True).click()
+    page.locator("#txt2img-lora-refresh").click()
+    wait_toast(page, r"1 LoRA file\(s\), 1 VAE file\(s\)")
+    page.locator("#txt2img-lora-insert").click()
+    expect(page.locator("#txt2img-prompt textarea")).to_have_value("a fox <lora:demo-lora:1>")
+    page.locator("#txt2img-vae input").click()
+    expect(page.get_by_role("option", name="demo-vae.safetensors")).to_be_visible()
 
 
 def test_stop_ends_a_long_run_early_and_keeps_what_was_finished(page, studio):

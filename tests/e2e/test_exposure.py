@@ -274,7 +274,8 @@ def test_api_cannot_make_the_server_read_local_files(open_studio):
     """A FileData path the user did not upload is refused (gradio would otherwise copy it into its cache)."""
     studio, _ = open_studio
     for path in ("/etc/passwd", f"{studio.outputs}/../secret.txt", str(REPO / "app.py")):
-        data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, *VALID, 0.75]
+        # A raw /call/ request sends every value, scheduler, clip_skip and vae included (gradio_client fills them).
+        data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, *VALID, 0.75, "Automatic", 1, "Automatic"]
         call = requests.post(f"{studio.url}gradio_api/call/img2img", json={"data": data}, timeout=10)
         event_id = call.json()["event_id"]
         stream = requests.get(f"{studio.url}gradio_api/call/img2img/{event_id}", timeout=60).text

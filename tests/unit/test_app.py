@@ -55,3 +55,36 @@ def test_a_switch_without_a_target_or_to_no_backend_says_what_is_missing(built, 
     with pytest.raises((EngineError, ValueError), match=needle):
         app.EngineSwitch(EngineSettings())(backend, "")
     assert not built
+
+
+def test_the_forms_list_the_lora_vae_and_upscaler_files_in_the_models_dir(tmp_path):
+    for relative in (
+        "Lora/fubuki.safetensors",
+        "Lora/a/ink.safetensors",
+        "Lora/b/ink.safetensors",
+        "VAE/mse.safetensors",
+        "VAE/kl.pt",
+        "ESRGAN/4x-UltraSharp.pth",
+    ):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"x")
+    settings = EngineSettings(models_dir=tmp_path)
+    # Two files share the stem "ink": their paths under Lora/ tell them apart (a <lora:a/ink> tag finds it).
+    assert app.list_loras(settings) == ["a/ink", "b/ink", "fubuki"]
+    assert app.list_vaes(settings) == ["kl.pt", "mse.safetensors"]  # A1111's VAE names: the file names
+    upscalers = app.list_upscalers(settings)
+    assert upscalers[0] == "Latent" and "Lanczos" in upscalers and "4x-UltraSharp" in upscalers
+    empty = EngineSettings(models_dir=tmp_path / "missing")
+    assert app.list_loras(empty) == [] and app.list_vaes(empty) == [] and "Latent" in app.list_upscalers(empty)
+
+
+def test_create_studio_injects_the_listing_functions(built, tmp_path, monkeypatch):
+    from studio.config import Settings
+
+    (tmp_path / "models" / "Lora").mkdir(parents=True)
+    (tmp_path / "models" / "Lora" / "fubuki.safetensors").write_bytes(b"x")
+    monkeypatch.setattr(app, "load_in_background", lambda engine: None)
+    settings = Settings(engine=EngineSettings(model="demo", models_dir=tmp_path / "models"), outputs=tmp_path / "out")
+    blocks, controller = app.create_studio(settings)
+    assert controller.list_loras() == ["fubuki"] and controller.list_vaes() == []
+    assert "Latent" in controller.list_upscalers()

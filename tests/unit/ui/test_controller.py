@@ -102,7 +102,9 @@ def test_bind_keeps_the_handler_signature_for_gradio():
 
     bound = bind(txt2img, object())
     names = [p.name for p in utils.get_positional_input_parameters(bound)]
-    assert names == ["prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height", "count"]
+    old = ["prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height", "count"]
+    assert names[:9] == old
+    assert names[9:12] == ["scheduler", "clip_skip", "vae"] and names[-1] == "hires_resize_y"
     assert utils.get_type_hints(bound)["request"] is gr.Request
     assert isinstance(inspect.signature(bound).parameters["progress"].default, gr.Progress)
     assert bound.__doc__ == txt2img.__doc__
