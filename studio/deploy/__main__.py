@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import studio.deploy
 from studio.deploy.create import create
@@ -40,6 +41,27 @@ def _confirm(question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
+def _add_extra_files(parser: argparse.ArgumentParser) -> None:
+    """--lora / --vae (repeatable) and the --models-dir their names are looked up in."""
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE_OR_NAME",
+        help="a LoRA file, or a name in MODELS_DIR/Lora, to package as Lora/<file> (repeatable)",
+    )
+    parser.add_argument(
+        "--vae",
+        action="append",
+        default=[],
+        metavar="FILE_OR_NAME",
+        help="a VAE file, or a name in MODELS_DIR/VAE, to package as VAE/<file> (repeatable)",
+    )
+    parser.add_argument(
+        "--models-dir", type=Path, default=Path("models"), help="where --lora/--vae names are found (./models)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     description = (studio.deploy.__doc__ or "").splitlines()[0]
     parser = argparse.ArgumentParser(prog="python -m studio.deploy", description=description)
@@ -63,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     create_p.add_argument("--role", help="SageMaker execution role ARN (discovered on a SageMaker notebook)")
     create_p.add_argument("--image", help="container image URI (default: the AWS PyTorch inference DLC)")
     create_p.add_argument("--region")
+    _add_extra_files(create_p)
     create_p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     create_p.add_argument("--poll-seconds", type=float, default=15.0, help=argparse.SUPPRESS)
 
@@ -83,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     package_p = sub.add_parser("package", help="only write model.tar.gz (no AWS calls)")
     package_p.add_argument("--model", required=True)
     package_p.add_argument("--out", default="model.tar.gz")
+    _add_extra_files(package_p)
     return parser
 
 
@@ -99,8 +123,13 @@ def run_create(args: argparse.Namespace) -> int:
         role=args.role,
         image=args.image,
         region=args.region,
+        loras=args.lora,
+        vaes=args.vae,
+        models_dir=args.models_dir,
     ).validate()
     _print(f"Deploying {plan.model} as {plan.mode} endpoint {plan.name!r} in {plan.region}")
+    for path, arcname in plan.extra_files():
+        _print(f"  with {arcname} ({path})")
     _print(describe_price(plan.instance_type, plan.mode, plan.min_instances, plan.max_instances))
     if not args.yes and not _confirm("Create it?"):
         _print("Not confirmed; nothing was created.")
@@ -147,7 +176,7 @@ def run_delete(args: argparse.Namespace) -> int:
 
 
 def run_package(args: argparse.Namespace) -> int:
-    plan = DeployPlan(name="package", model=args.model)
+    plan = DeployPlan(name="package", model=args.model, loras=args.lora, vaes=args.vae, models_dir=args.models_dir)
     plan.validate_offline()
     path = package_model(plan, args.out)
     _print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -1,10 +1,12 @@
 """model.tar.gz as the SageMaker PyTorch inference toolkit expects it, and the container's environment.
 
 Layout: code/inference.py (= studio/serving/toolkit.py, the toolkit's handlers), code/requirements.txt (installed
-by the DLC at start), code/studio/ (our package without studio/testing), and the model files at the archive root
-when the model is local (a diffusers folder's contents, or the single checkpoint file). A hub-id model is not
-packaged: the container gets its id through STUDIO_MODEL (see `model_environment`). An s3:// archive is used as is
-and never packaged here.
+by the DLC at start), code/studio/ (our package without studio/testing), the model files at the archive root
+when the model is local (a diffusers folder's contents, or the single checkpoint file), and the plan's LoRA and VAE
+files in Lora/ and VAE/ (A1111's folder names). The container's STUDIO_MODELS_DIR is /opt/ml/model, so the
+engine finds those folders where SageMaker unpacks the archive (studio.models.model_in_dir looks past them for the
+model). A hub-id model is not packaged: the container gets its id through STUDIO_MODEL (see `model_environment`).
+An s3:// archive is used as is and never packaged here.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from studio.config import SAGEMAKER_MODEL_DIR
 from studio.deploy.plan import DeployError, DeployPlan
 from studio.models import ModelKind
 
@@ -29,6 +32,10 @@ TOOLKIT = STUDIO_ROOT / "serving" / "toolkit.py"
 EXCLUDED_FOLDERS = frozenset({"testing"})
 # The environment variable the serving entry points read for a hub model id (no model files in the tar).
 MODEL_ENV_VAR = "STUDIO_MODEL"
+# Where the serving engine looks for Lora/, VAE/ and ESRGAN/: the unpacked archive.
+MODELS_DIR_ENV_VAR = "STUDIO_MODELS_DIR"
+# Top-level names of the archive that belong to the package itself, not to a model folder's contents.
+_RESERVED = ("code", "Lora", "VAE")
 
 # Runtime requirements the PyTorch DLC lacks. torch (and torchvision/torchaudio) come with the DLC and must not be
 # reinstalled; gradio is studio-only. openai-clip stays: it carries the CLIP BPE vocabulary that single-file
@@ -101,8 +108,8 @@ def _add_model(tar: tarfile.TarFile, model_path: Path) -> None:
     for path in sorted(model_path.rglob("*")):
         rel = path.relative_to(model_path)
         if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-            if rel.parts[0] == "code":
-                raise DeployError("package", f"{model_path} has a code/ folder, which would clash")
+            if rel.parts[0] in _RESERVED:
+                raise DeployError("package", f"{model_path} has a {rel.parts[0]}/ folder, which would clash")
             tar.add(path, arcname=rel.as_posix())
 
 
@@ -113,6 +120,7 @@ def package_model(plan: DeployPlan, out_path: str | os.PathLike[str]) -> Path:
     if not TOOLKIT.is_file():
         raise DeployError("package", f"{TOOLKIT} is missing; the container entry point cannot be packaged")
     model_path = _local_model_path(plan)
+    extras = plan.extra_files()  # PlanError naming --lora/--vae before anything is written
     # compresslevel 1: weights barely compress and level 9 takes minutes on multi-GB checkpoints.
     with tarfile.open(out, "w:gz", compresslevel=1) as tar:
         tar.add(TOOLKIT, arcname="code/inference.py")
@@ -121,12 +129,16 @@ def package_model(plan: DeployPlan, out_path: str | os.PathLike[str]) -> Path:
             tar.add(path, arcname=arcname)
         if model_path is not None:
             _add_model(tar, model_path)
+        for path, arcname in extras:
+            tar.add(path, arcname=arcname)
+            log.info("packaged %s as %s", path, arcname)
     log.info("packaged %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out
 
 
 def model_environment(plan: DeployPlan) -> dict[str, str]:
-    """Container environment: the inference toolkit's settings, timeouts, and the hub id when not packaged."""
+    """Container environment: the inference toolkit's settings, timeouts, the models folder (the unpacked archive,
+    for Lora/, VAE/ and ESRGAN/), and the hub id when not packaged."""
     timeout = "3600" if plan.mode == "async" else "120"
     env = {
         "SAGEMAKER_PROGRAM": "inference.py",
@@ -138,6 +150,7 @@ def model_environment(plan: DeployPlan) -> dict[str, str]:
         "SAGEMAKER_TS_RESPONSE_TIMEOUT": timeout,
         "TS_MAX_REQUEST_SIZE": str(1_000_000_000 if plan.mode == "async" else 6_291_456),
         "TS_MAX_RESPONSE_SIZE": str(1_000_000_000 if plan.mode == "async" else 6_291_456),
+        MODELS_DIR_ENV_VAR: str(SAGEMAKER_MODEL_DIR),
     }
     if plan.model_kind is ModelKind.HUB:
         env[MODEL_ENV_VAR] = plan.model

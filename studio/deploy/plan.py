@@ -88,7 +88,9 @@ class DeployPlan:
 
     `model` is a local diffusers folder or single checkpoint file (packaged into model.tar.gz), "demo" (the built-in
     tiny demo model), an `s3://` model.tar.gz used as is (it must carry code/ for the DLC image), or a hub id
-    (downloaded by the container at start; only our code is packaged).
+    (downloaded by the container at start; only our code is packaged). `loras` and `vaes` (files, or names in
+    `models_dir`/Lora and /VAE) go into the package as Lora/<file> and VAE/<file>, where the endpoint's prompts
+    (`<lora:name:w>`) and requests (`vae`) find them by the same names.
     """
 
     name: str
@@ -109,6 +111,10 @@ class DeployPlan:
     max_concurrent_invocations: int = 1  # async: requests a single instance works on at once
     startup_timeout_seconds: int = 1800  # container start (pip install + model download) may take a while
     env: dict[str, str] = field(default_factory=dict)
+    # LoRA and VAE files to carry (Lora/ and VAE/ in model.tar.gz): a file path, or a name found in models_dir.
+    loras: list[str] = field(default_factory=list)
+    vaes: list[str] = field(default_factory=list)
+    models_dir: Path = Path("models")  # where names given in loras/vaes are looked up (the studio's --models-dir)
 
     @property
     def model_kind(self) -> PlanModelKind:
@@ -146,6 +152,7 @@ class DeployPlan:
         self._check_model()
         self._check_locations()
         self._check_tuning()
+        self.extra_files()
 
     def _check_capacity(self) -> None:
         if self.mode not in MODES:
@@ -209,6 +216,62 @@ class DeployPlan:
             raise PlanError("max_concurrent_invocations", f"must be 1-1000, got {self.max_concurrent_invocations}")
         if not 60 <= self.startup_timeout_seconds <= 3600:
             raise PlanError("startup_timeout_seconds", f"must be 60-3600, got {self.startup_timeout_seconds}")
+
+    def extra_files(self) -> list[tuple[Path, str]]:
+        """(file, name in the archive) of each LoRA and VAE to package; PlanError("lora"/"vae") for one that is
+        neither a file of a usable kind nor a name found in models_dir, or when the model is an s3:// archive."""
+        from studio.models import lora, vae
+
+        found: list[tuple[Path, str]] = []
+        for kind, values in (
+            (
+                _ExtraKind("lora", "LoRA", lora.LORA_DIR, lora.LORA_SUFFIXES, lora.discover_loras, lora.find_lora),
+                self.loras,
+            ),
+            (_ExtraKind("vae", "VAE", vae.VAE_DIR, vae.VAE_SUFFIXES, vae.discover_vaes, vae.find_vae), self.vaes),
+        ):
+            if values and self.model_kind == S3_ARCHIVE:
+                raise PlanError(
+                    kind.field,
+                    f"files cannot be added to an s3:// archive; put them in it under {kind.folder}/ "
+                    "(and set STUDIO_MODELS_DIR=/opt/ml/model)",
+                )
+            for value in values:
+                path, relative = kind.resolve(value, self.models_dir)
+                arcname = f"{kind.folder}/{relative}"
+                if arcname in (name for _, name in found):
+                    raise PlanError(kind.field, f"{value!r} is given twice (both would be {arcname})")
+                found.append((path, arcname))
+        return found
+
+
+@dataclass(frozen=True)
+class _ExtraKind:
+    """A kind of file a package can carry next to the model: LoRAs in Lora/, VAEs in VAE/ (A1111's folders)."""
+
+    field: str  # the DeployPlan field and CLI option (--lora, --vae)
+    what: str
+    folder: str
+    suffixes: tuple[str, ...]
+    discover: Callable[[Path], list[Any]]
+    find: Callable[[str, list[Any]], Any]
+
+    def resolve(self, value: str, models_dir: Path) -> tuple[Path, str]:
+        """(file, its path under the folder in the archive) for a --lora/--vae value: a file path (packaged by its
+        file name), else a name found in models_dir/<folder> (packaged at the same path under the folder, so the
+        endpoint finds it by the same name)."""
+        path = Path(value).expanduser()
+        if path.is_file():
+            if path.suffix.lower() not in self.suffixes:
+                raise PlanError(self.field, f"{value!r} is not a {self.what} file ({', '.join(self.suffixes)})")
+            return path.resolve(), path.name
+        root = Path(models_dir) / self.folder
+        available = self.discover(Path(models_dir))
+        match = self.find(value, available) if value else None
+        if match is None:
+            names = ", ".join(item.name for item in available) or "none"
+            raise PlanError(self.field, f"{value!r} is neither a file nor a {self.what} in {root} (found: {names})")
+        return match.path.resolve(), match.path.relative_to(root).as_posix()
 
 
 def _validate_aws(plan: DeployPlan, session: Any) -> DeployPlan:

@@ -181,7 +181,9 @@ def resolve_model(spec: str | None, models_dir: Path) -> ModelSource:
     )
 
 
-_IGNORED_MODEL_DIR_ENTRIES = ("code",)  # the PyTorch toolkit's code/inference.py lives next to the weights
+# Next to the weights in a SageMaker model folder: the PyTorch toolkit's code/inference.py, and the LoRA, VAE and
+# upscaler folders a deploy package carries (A1111's names; STUDIO_MODELS_DIR points the engine at them).
+_IGNORED_MODEL_DIR_ENTRIES = ("code", "Lora", "VAE", "ESRGAN")
 
 
 def model_in_dir(directory: Path) -> str | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.deploy import DeployPlan, container_requirements, model_environment, package_model
+from studio.deploy import DeployPlan, PlanError, container_requirements, model_environment, package_model
 from studio.deploy.__main__ import main
 from studio.testing.servers import REPO
 
@@ -31,10 +31,27 @@ def demo_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def packaged(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(model.tar.gz, extracted folder) for the demo model, as a local-folder deploy would package it."""
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A studio models folder with the demo LoRA (one in a subfolder too) and the demo VAE."""
+    from studio.models.demo_extras import build_demo_lora, build_demo_vae
+
+    root = tmp_path_factory.mktemp("models")
+    (root / "Lora" / "style").mkdir(parents=True)
+    (root / "VAE").mkdir()
+    build_demo_lora(root / "Lora" / "demo-lora.safetensors")
+    build_demo_lora(root / "Lora" / "style" / "ink.safetensors", seed=1)
+    build_demo_vae(root / "VAE" / "demo-vae.safetensors")
+    return root
+
+
+@pytest.fixture(scope="module")
+def packaged(demo_dir: Path, models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(model.tar.gz, extracted folder) for the demo model with a LoRA and a VAE, as a local-folder deploy with
+    --lora demo-lora --vae demo-vae.safetensors would package it."""
     work = tmp_path_factory.mktemp("package")
-    plan = DeployPlan(name="pkg", model=str(demo_dir))
+    plan = DeployPlan(
+        name="pkg", model=str(demo_dir), loras=["demo-lora"], vaes=["demo-vae.safetensors"], models_dir=models_dir
+    )
     tarball = package_model(plan, work / "model.tar.gz")
     extracted = work / "opt-ml-model"
     extracted.mkdir()
@@ -71,6 +88,67 @@ def test_tarball_layout(packaged, demo_dir):
     assert (extracted / "model_index.json").read_bytes() == (demo_dir / "model_index.json").read_bytes()
 
 
+def test_lora_and_vae_files_go_into_lora_and_vae_next_to_the_model(packaged, models_dir):
+    _, extracted = packaged
+    assert (extracted / "Lora" / "demo-lora.safetensors").read_bytes() == (
+        models_dir / "Lora" / "demo-lora.safetensors"
+    ).read_bytes()
+    assert (extracted / "VAE" / "demo-vae.safetensors").is_file()
+    assert sorted(p.name for p in (extracted / "Lora").iterdir()) == ["demo-lora.safetensors"]  # only what was asked
+    # The engine finds them in the unpacked archive, and the model is still found beside them.
+    from studio.models import model_in_dir
+    from studio.models.lora import discover_loras
+    from studio.models.vae import discover_vaes
+
+    assert model_in_dir(extracted) == str(extracted)
+    assert [lora.name for lora in discover_loras(extracted)] == ["demo-lora"]
+    assert [vae.name for vae in discover_vaes(extracted)] == ["demo-vae.safetensors"]
+    assert model_environment(DeployPlan(name="e", model="demo"))["STUDIO_MODELS_DIR"] == "/opt/ml/model"
+
+
+def test_files_by_path_and_by_name_in_subfolders_single_file_model(models_dir, tmp_path):
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"weights")
+    own = tmp_path / "mine.pt"
+    own.write_bytes(b"vae")
+    plan = DeployPlan(
+        name="f",
+        model=str(checkpoint),
+        loras=["ink", str(models_dir / "Lora" / "demo-lora.safetensors")],
+        vaes=[str(own)],
+        models_dir=models_dir,
+    )
+    with tarfile.open(package_model(plan, tmp_path / "a.tar.gz")) as tar:
+        names = set(tar.getnames())
+    # A name in a subfolder keeps its path under Lora/, so <lora:ink> and <lora:style/ink> still find it.
+    assert {"model.safetensors", "Lora/style/ink.safetensors", "Lora/demo-lora.safetensors", "VAE/mine.pt"} <= names
+    extracted = tmp_path / "x"
+    with tarfile.open(tmp_path / "a.tar.gz") as tar:
+        tar.extractall(extracted, filter="data")
+    from studio.models import model_in_dir
+
+    assert model_in_dir(extracted) == str(extracted / "model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"loras": ["nope"]}, "lora", r"'nope' is neither a file nor a LoRA in .*Lora \(found: demo-lora, ink\)"),
+        ({"vaes": ["nope.pt"]}, "vae", r"neither a file nor a VAE in .*VAE \(found: demo-vae.safetensors\)"),
+        ({"loras": ["README"]}, "lora", "is not a LoRA file"),
+        ({"loras": ["demo-lora", "demo-lora"]}, "lora", "given twice"),
+        ({"model": "s3://bucket/model.tar.gz", "vaes": ["demo-vae.safetensors"]}, "vae", "s3:// archive"),
+    ],
+)
+def test_bad_lora_and_vae_options_name_the_option(models_dir, tmp_path, monkeypatch, changes, field, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README").write_text("not a LoRA")
+    plan = DeployPlan(**{"name": "b", "model": "demo", "models_dir": models_dir, **changes})
+    with pytest.raises(PlanError, match=words) as caught:
+        plan.validate(check_aws=False)
+    assert caught.value.field == field
+
+
 def test_container_requirements_leave_torch_to_the_dlc():
     requirements = container_requirements()
     names = {r.split("==")[0].lower() for r in requirements}
@@ -105,6 +183,17 @@ def test_package_cli(tmp_path, capsys):
     assert "model:" in capsys.readouterr().out
 
 
+def test_package_cli_with_lora_and_vae(models_dir, tmp_path, capsys):
+    out = tmp_path / "model.tar.gz"
+    argv = ["package", "--model", "demo", "--out", str(out), "--models-dir", str(models_dir)]
+    assert main([*argv, "--lora", "demo-lora", "--lora", "style/ink", "--vae", "demo-vae.safetensors"]) == 0
+    with tarfile.open(out) as tar:
+        names = set(tar.getnames())
+    assert {"Lora/demo-lora.safetensors", "Lora/style/ink.safetensors", "VAE/demo-vae.safetensors"} <= names
+    assert main([*argv, "--lora", "missing"]) == 1
+    assert "error: validate: lora: 'missing' is neither a file nor a LoRA" in capsys.readouterr().out
+
+
 RUNNER = textwrap.dedent(
     """
     import base64, io, json, sys
@@ -114,6 +203,7 @@ RUNNER = textwrap.dedent(
     import inference  # code/inference.py, as the toolkit imports SAGEMAKER_PROGRAM
 
     model = inference.model_fn(model_dir)
+    models_dir = str(getattr(model.engine, "models_dir", ""))
     request = {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 2, "seed": 1234}
     data = inference.input_fn(json.dumps(request), "application/json")
     prediction = inference.predict_fn(data, model)
@@ -135,6 +225,7 @@ RUNNER = textwrap.dedent(
         "inference_file": inference.__file__,
         "studio_modules": loaded,
         "code_dir": str(code_dir),
+        "models_dir": models_dir,
     }))
     """
 )
@@ -152,6 +243,7 @@ def test_inference_handlers_run_from_the_extracted_tarball(packaged, tmp_path):
         SAGEMAKER_PROGRAM="inference.py",
         SAGEMAKER_SUBMIT_DIRECTORY=str(code_dir),
         SM_MODEL_DIR=str(extracted),
+        STUDIO_MODELS_DIR=str(extracted),  # model_environment's /opt/ml/model, here
     )
     out = subprocess.run(
         [sys.executable, "-P", str(runner), str(code_dir), str(extracted)],  # -P: no script dir / cwd on sys.path
@@ -163,7 +255,8 @@ def test_inference_handlers_run_from_the_extracted_tarball(packaged, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["sizes"] == [[64, 64]]
+    assert result["sizes"] == [[64, 64]]  # the model was found beside Lora/ and VAE/
+    assert Path(result["models_dir"]) == extracted  # the engine looks for LoRAs and VAEs in the unpacked archive
     assert result["seeds"] == [1234]
     assert result["content_type"] == "application/json"
     # Everything came from the tarball, not from the repo.

@@ -154,3 +154,13 @@ def test_model_in_dir_files_without_a_model_never_fall_back_to_the_demo(tmp_path
     _diffusers_folder(tmp_path / "y")
     with pytest.raises(ModelLoadError, match="no diffusers folder"):  # two model folders: ambiguous
         models.model_in_dir(tmp_path)
+
+
+def test_model_in_dir_ignores_the_lora_vae_and_esrgan_folders_a_package_carries(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    for folder, name in (("Lora", "fubuki.safetensors"), ("VAE", "mse.pt"), ("ESRGAN", "4x.pth"), ("code", "x.py")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_bytes(b"x")
+    assert models.model_in_dir(tmp_path) == str(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    assert models.model_in_dir(tmp_path) is None  # only those folders: no model here (the demo, or STUDIO_MODEL)

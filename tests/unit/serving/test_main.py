@@ -10,6 +10,8 @@ from studio.config import ConfigError, EngineKind, load_serving_settings
 from studio.serving import __main__ as entry
 from studio.testing.fakes import FakeEngine
 
+ENGINE_VARIABLES = ("STUDIO_MODEL", "STUDIO_ENGINE", "STUDIO_DEVICE", "STUDIO_MODELS_DIR")
+
 
 @pytest.fixture
 def served(monkeypatch):
@@ -27,7 +29,7 @@ def served(monkeypatch):
 
     monkeypatch.setattr(engines, "build", build)
     monkeypatch.setattr(uvicorn, "run", run)
-    for name in ("STUDIO_MODEL", "STUDIO_ENGINE", "STUDIO_DEVICE", "SM_MODEL_DIR", "STUDIO_S3_ALLOWED_PREFIXES"):
+    for name in (*ENGINE_VARIABLES, "SM_MODEL_DIR", "STUDIO_S3_ALLOWED_PREFIXES"):
         monkeypatch.delenv(name, raising=False)
     return seen
 
@@ -81,3 +83,22 @@ def test_main_exits_2_on_configuration_errors(served, monkeypatch, tmp_path, cap
     assert entry.main(["--engine", "openvino", "--device", "cuda", "--model", "demo"]) == 2
     assert "app" not in served
     assert "STUDIO_MAX_BODY_BYTES" in caplog.text and "no diffusers folder" in caplog.text
+
+
+def test_the_engine_gets_the_models_dir_for_its_lora_vae_and_esrgan_folders(served, monkeypatch, tmp_path):
+    """`--models-dir` / STUDIO_MODELS_DIR reach the engine the serving app builds (its Lora/, VAE/, ESRGAN/)."""
+    monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path / "empty"))
+    assert entry.main(["--models-dir", str(tmp_path)]) == 0
+    assert served["engine_settings"].models_dir == tmp_path
+    monkeypatch.setenv("STUDIO_MODELS_DIR", str(tmp_path / "from-env"))
+    assert entry.main([]) == 0
+    assert served["engine_settings"].models_dir == tmp_path / "from-env"
+
+
+def test_the_built_local_engine_looks_in_the_models_dir(monkeypatch, tmp_path):
+    """Through the real factory: the LocalEngine the serving settings describe has that models_dir."""
+    from studio.serving.invoker import engine_settings
+
+    settings = load_serving_settings(["--models-dir", str(tmp_path), "--model", "demo", "--device", "cpu"], environ={})
+    engine = engines.build(engine_settings(settings))
+    assert engine.models_dir == tmp_path
