@@ -292,8 +292,8 @@ def _build_hires_form(prefix: str, upscalers: list[str], limits: Limits) -> Hire
             )
             steps = field_input(gr.Slider(0, limits.max_steps, value=0, step=1, label="Hires steps"))
             strength = field_input(gr.Slider(0.01, 1.0, value=0.7, step=0.01, label="Denoising strength"))
-        with gr.Row():
-            scale = field_input(gr.Slider(1.0, MAX_HIRES_SCALE, value=1.0, step=0.05, label="Upscale by (1 = off)"))
+        scale = field_input(gr.Slider(1.0, MAX_HIRES_SCALE, value=1.0, step=0.05, label="Upscale by (1 = off)"))
+        with gr.Row():  # A1111: a target size instead of a factor (0 = from the other side's aspect ratio)
             resize_x = field_input(gr.Slider(0, limits.max_width, value=0, step=8, label="Resize width to"))
             resize_y = field_input(gr.Slider(0, limits.max_height, value=0, step=8, label="Resize height to"))
     return HiresForm(accordion, upscaler, steps, strength, scale, resize_x, resize_y)
