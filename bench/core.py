@@ -214,6 +214,8 @@ GOALS: tuple[Goal, ...] = (
     Goal("task_switch.rss_increase_pct", "<=", 5, "switching tasks grows RSS by at most 5 %"),
     Goal("openvino_vs_torch.speedup", ">=", 2.0, "OpenVINO per-step time at least 2x faster than torch on CPU"),
     Goal("gpu.speedup", ">=", 1.2, "studio fast settings at least 1.2x plain diffusers fp16 (GPU only)"),
+    Goal("a1111.overhead_pct", "<=", 5, "prompt weighting + one LoRA cost at most 5 % over a plain prompt"),
+    Goal("a1111.lora_rss_growth_pct", "<=", 5, "cycling 3 LoRAs and none grows RSS by at most 5 % after one cycle"),
 )
 
 # Fields every result file has (null when the section did not run), so consumers can rely on them.
@@ -223,6 +225,8 @@ CONTRACT_FIELDS = (
     "task_switch.reloads",
     "task_switch.rss_increase_pct",
     "openvino_vs_torch.speedup",
+    "a1111.overhead_pct",
+    "a1111.lora_rss_growth_pct",
 )
 
 

@@ -45,6 +45,7 @@ class Profile:
     openvino_rounds: int
     openvino_e2e: tuple[int, int] | None  # (size, steps) of one whole generation per engine
     openvino_accuracy: bool  # demo-model pixel differences f32/bf16 vs torch (also covered by the tests)
+    a1111: tuple[str, int, int, int] = ("demo", 256, 10, 8)  # (model, size, steps, interleaved rounds)
     worker_timeout: float = 1800.0
 
     def capped(self, rounds: int) -> Profile:
@@ -62,6 +63,7 @@ class Profile:
             task_switch=(model, size, steps, min(cycles, n)),
             load_rounds=min(self.load_rounds, n),
             openvino_rounds=min(self.openvino_rounds, n),
+            a1111=(*self.a1111[:3], min(self.a1111[3], n)),
         )
 
 
@@ -371,8 +373,22 @@ def async_remote(ctx: Context) -> dict[str, Any]:
     }
 
 
+def a1111(ctx: Context) -> dict[str, Any]:
+    """`a1111.overhead_pct` (weighting + one LoRA over a plain prompt) and `a1111.lora_rss_growth_pct`."""
+    model, size, steps, rounds = ctx.profile.a1111
+    cost = ctx.worker("a1111_cost", model=model, size=size, steps=steps, rounds=rounds)
+    memory = ctx.worker("lora_rss", model=model, size=size, steps=steps, requests=50)
+    return {
+        "overhead_pct": cost["overhead_pct"],
+        "lora_rss_growth_pct": memory["rss_growth_pct"],
+        "cost": cost,
+        "lora_rss": memory,
+    }
+
+
 SECTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "engine_vs_raw": engine_vs_raw,
+    "a1111": a1111,
     "serving": serving,
     "load_run": load_run,
     "task_switch": task_switch,

@@ -473,7 +473,11 @@ def openvino_accuracy(precisions: list[str], size: int, steps: int) -> dict[str,
     return out
 
 
+from bench.a1111 import a1111_cost, lora_rss  # noqa: E402  (they use this module's helpers)
+
 TASKS: dict[str, Callable[..., dict[str, Any]]] = {
+    "a1111_cost": a1111_cost,
+    "lora_rss": lora_rss,
     "engine_vs_raw": engine_vs_raw,
     "task_switch": task_switch,
     "load_time": load_time,

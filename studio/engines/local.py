@@ -2,9 +2,10 @@
 
 Weights load once (`load()`); the text-to-image pipeline is built once and the img2img and
 inpaint pipelines are derived from it with `from_pipe`, so all three share the same modules.
-Every call gets its own scheduler and its own light pipeline object: the shared pipelines are
-never mutated per request. Noise comes from a CPU generator per image, seeded `seed + i`, so any
-image of a run can be reproduced alone (A1111's convention).
+A request runs in studio.engines.generation (prompt syntax, LoRAs, VAE, hires fix): every call gets
+its own scheduler and its own light pipeline object, so the shared pipelines are never mutated per
+request. Noise comes from a CPU generator per image, seeded `seed + i`, so any image of a run can be
+reproduced alone (A1111's convention). One generation runs at a time (the run lock).
 
 An `Accelerator` (e.g. studio.engines.openvino.OpenVINOAccelerator) is a post-load hook: it gets the
 freshly built pipelines of every load, may make their modules run elsewhere, and adds its status
@@ -13,34 +14,30 @@ details. The request flow above stays the same for every accelerator.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import numpy as np
 import torch
-from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, DiffusionPipeline, SchedulerMixin
-from PIL import Image
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, DiffusionPipeline
 
-from studio import metadata, models
+from studio import models
 from studio.config import Backend, Device, parse_enum
 from studio.engine import (
     CancelToken,
-    EngineError,
     EngineNotReady,
     EngineStatus,
-    GenerationCancelled,
     ModelLoadError,
     ProgressCallback,
 )
+from studio.engines.generation import Generation, Model
 from studio.models import ModelSource
-from studio.samplers import make_scheduler, sampler_names
-from studio.types import DEFAULT_LIMITS, GenerationRequest, GenerationResult, Limits, RequestError, Task
+from studio.samplers import sampler_names
+from studio.types import DEFAULT_LIMITS, GenerationRequest, GenerationResult, Limits, Task
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +120,7 @@ class LocalEngine:
         self.inpaint_model_spec = inpaint_model
         self.limits = limits
         self.accelerator = accelerator
+        self.generation = Generation(self.models_dir, upscaler_device="cpu")
         self._run_lock = threading.Lock()  # one generation at a time
         self._state_lock = threading.Lock()  # guards _loaded / _loading / _error
         self._loaded: _Loaded | None = None
@@ -260,223 +258,9 @@ class LocalEngine:
     ) -> GenerationResult:
         request = request.validate(self.limits).with_resolved_seed()
         loaded = self._require_loaded(wait=LOAD_WAIT_SECONDS)
-        task = request.task
-        pipe = loaded.pipes.get(task)
-        if pipe is None:
-            raise RequestError(
-                "task", task.value, f"the loaded model {loaded.source.name} is an inpainting model; load a base model"
-            )
-        warnings: list[str] = []
-        call_args = self._task_args(pipe, request, warnings)
-        warnings.extend(self._prompt_warnings(pipe, request))
-        with self._run_lock:
-            return self._run(loaded, pipe, request, call_args, warnings, on_progress, cancel)
-
-    def _task_args(self, pipe: DiffusionPipeline, request: GenerationRequest, warnings: list[str]) -> dict[str, Any]:
-        """Pipeline keyword arguments specific to the task (prepared images and mask)."""
-        size = (request.width, request.height)
-        if request.task is Task.TXT2IMG:
-            return {"width": request.width, "height": request.height}
-        effective = int(request.steps * request.strength)
-        if effective < 1:
-            raise RequestError(
-                "strength",
-                request.strength,
-                f"{request.steps} steps x strength {request.strength:g} leaves no denoising step; "
-                "raise steps or strength",
-            )
-        image = request.image.convert("RGB")
-        if image.size != size:
-            warnings.append(f"image: resized from {image.width}x{image.height} to {request.width}x{request.height}")
-            image = image.resize(size, resample=Image.Resampling.LANCZOS)
-        if request.task is Task.IMG2IMG:
-            return {"image": image, "strength": request.strength}
-        mask = request.mask.convert("L")
-        if mask.size != size:
-            warnings.append(f"mask: resized from {mask.width}x{mask.height} to {request.width}x{request.height}")
-            mask = mask.resize(size, resample=Image.Resampling.LANCZOS)
-        if mask.getextrema()[1] == 0:
-            raise RequestError("mask", "empty", "is empty (all black): paint the area to repaint in white")
-        if request.mask_blur:
-            mask = pipe.mask_processor.blur(mask, blur_factor=request.mask_blur)
-        return {
-            "image": image,
-            "mask_image": mask,
-            "strength": request.strength,
-            "width": request.width,
-            "height": request.height,
-        }
-
-    @staticmethod
-    def _prompt_warnings(pipe: DiffusionPipeline, request: GenerationRequest) -> list[str]:
-        """CLIP reads 77 tokens (75 + start/end); say what is cut instead of dropping it silently."""
-        tokenizer = getattr(pipe, "tokenizer", None)
-        if tokenizer is None:
-            return []
-        out = []
-        limit = tokenizer.model_max_length - 2
-        for name in ("prompt", "negative_prompt"):
-            text = getattr(request, name)
-            if not text:
-                continue
-            ids = tokenizer(text, truncation=False, add_special_tokens=False)["input_ids"]
-            if len(ids) > limit:
-                dropped = tokenizer.decode(ids[limit:])
-                if len(dropped) > 80:
-                    dropped = dropped[:77] + "..."
-                out.append(
-                    f"{name}: {len(ids)} tokens, only the first {limit} are used (CLIP's 77-token limit); "
-                    f"ignored: {dropped!r}"
-                )
-        return out
-
-    def _run(
-        self,
-        loaded: _Loaded,
-        pipe: DiffusionPipeline,
-        request: GenerationRequest,
-        call_args: dict[str, Any],
-        warnings: list[str],
-        on_progress: ProgressCallback | None,
-        cancel: CancelToken | None,
-    ) -> GenerationResult:
-        started = time.perf_counter()
         if loaded.model_hash is None:
             loaded.model_hash = models.model_hash(loaded.source)
-        result = GenerationResult(
-            images=[],
-            seeds=[],
-            infotexts=[],
-            request=request,
-            model=loaded.source.name,
-            backend=self.backend,
-            warnings=warnings,
-        )
-        try:
-            self._run_images(loaded, pipe, request, call_args, result, on_progress, cancel)
-        except EngineError as err:  # keep what was finished: the caller saves it
-            if err.partial is None and result.images:
-                err.partial = result
-            raise
-        result.timings["generate"] = time.perf_counter() - started
-        return result
-
-    def _run_images(
-        self,
-        loaded: _Loaded,
-        pipe: DiffusionPipeline,
-        request: GenerationRequest,
-        call_args: dict[str, Any],
-        result: GenerationResult,
-        on_progress: ProgressCallback | None,
-        cancel: CancelToken | None,
-    ) -> None:
-        """Generate each image with its own CPU generator (seed + i), appending to `result` as they finish."""
-        seeds = request.seeds()
-        per_image = _expected_steps(request)
-        total = per_image * len(seeds)
-        for index, seed in enumerate(seeds):
-            if cancel is not None and cancel.is_set():
-                raise GenerationCancelled(f"stopped after {index} of {len(seeds)} images", partial=result)
-            # A light pipeline object for this call only: same modules, its own scheduler.
-            call_pipe = _call_pipeline(pipe, make_scheduler(request.sampler, request.scheduler, pipe.scheduler.config))
-            call_pipe.set_progress_bar_config(disable=True)
-            last: dict[str, torch.Tensor | None] = {}
-
-            def on_step(
-                _pipe: DiffusionPipeline,
-                step: int,
-                _t: torch.Tensor,
-                kwargs: dict[str, torch.Tensor],
-                index: int = index,
-                last: dict[str, torch.Tensor | None] = last,
-            ) -> dict[str, torch.Tensor]:
-                last["latents"] = kwargs.get("latents")
-                if on_progress is not None:
-                    on_progress(min(index * per_image + step + 1, total), total)
-                if cancel is not None and cancel.is_set():
-                    raise _StopRequested
-                return {}
-
-            try:
-                with torch.inference_mode():
-                    output = call_pipe(
-                        prompt=request.prompt,
-                        negative_prompt=request.negative_prompt or None,
-                        num_inference_steps=request.steps,
-                        guidance_scale=request.cfg_scale,
-                        generator=torch.Generator("cpu").manual_seed(seed),
-                        output_type="np",
-                        callback_on_step_end=on_step,
-                        callback_on_step_end_tensor_inputs=["latents"],
-                        **call_args,
-                    )
-            except _StopRequested:
-                raise GenerationCancelled(f"stopped during image {index + 1} of {len(seeds)}", partial=result) from None
-            except (RequestError, GenerationCancelled):
-                raise
-            except Exception as exc:
-                logger.exception("generation failed")
-                raise EngineError(f"generation failed ({type(exc).__name__}): {exc}") from exc
-            array = output.images[0]
-            if not _finite(array):
-                array = self._decode_fp32(call_pipe, last.get("latents"), array)
-            image = _to_pil(array)
-            if request.task is Task.INPAINT:
-                image = call_pipe.image_processor.apply_overlay(call_args["mask_image"], call_args["image"], image)
-            result.images.append(image)
-            result.seeds.append(seed)
-            result.infotexts.append(
-                metadata.format_infotext(request, seed, model=loaded.source.name, model_hash=loaded.model_hash or "")
-            )
-
-    @staticmethod
-    def _decode_fp32(pipe: DiffusionPipeline, latents: torch.Tensor | None, array: np.ndarray) -> np.ndarray:
-        """fp16 VAEs can overflow to NaN (black images); decode the final latents again in fp32."""
-        vae = pipe.vae
-        if latents is None or vae.dtype == torch.float32:
-            raise EngineError("the model produced NaN pixels (a broken checkpoint or an fp32 overflow)")
-        logger.warning("NaN in fp16 VAE decode; decoding again in fp32")
-        with torch.inference_mode():
-            vae.to(torch.float32)
-            try:
-                decoded = vae.decode(latents.to(torch.float32) / vae.config.scaling_factor, return_dict=False)[0]
-            finally:
-                vae.to(torch.float16)
-        array = pipe.image_processor.postprocess(decoded, output_type="np")[0]
-        if not _finite(array):
-            raise EngineError("the model produced NaN pixels even with the VAE in fp32")
-        return array
-
-
-def _call_pipeline(pipe: DiffusionPipeline, scheduler: SchedulerMixin) -> DiffusionPipeline:
-    """A light per-call pipeline: the same modules and config values, its own scheduler.
-
-    This is `from_pipe` without its `.to()` walk over every module, which cost 8-19 ms per call (measured by
-    `python -m bench`: engine_vs_raw 1.035 -> 1.008) and logged two warnings per call.
-    """
-    cls = type(pipe)
-    names = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
-    components = pipe.components
-    kwargs = {
-        n: components[n] if n in components else pipe.config[n] for n in names if n in components or n in pipe.config
-    }
-    call = cls(**{**kwargs, "scheduler": scheduler})
-    if "_name_or_path" in pipe.config:
-        call.register_to_config(_name_or_path=pipe.config["_name_or_path"])
-    return call
-
-
-def _expected_steps(request: GenerationRequest) -> int:
-    if request.task is Task.TXT2IMG:
-        return request.steps
-    return max(1, int(request.steps * request.strength))
-
-
-def _finite(array: np.ndarray) -> bool:
-    return bool(np.isfinite(array).all())
-
-
-def _to_pil(array: np.ndarray) -> Image.Image:
-    """The same float→uint8 conversion diffusers' numpy_to_pil does."""
-    return Image.fromarray((array * 255).round().astype(np.uint8))
+        model = Model(pipes=loaded.pipes, name=loaded.source.name, hash=loaded.model_hash, backend=self.backend)
+        prepared = self.generation.prepare(model, request)  # bad input is refused before waiting for the engine
+        with self._run_lock:
+            return self.generation.run(model, prepared, on_progress, cancel)

@@ -228,7 +228,7 @@ def test_nan_from_an_fp16_vae_is_decoded_again_in_fp32():
     import torch
     from diffusers.image_processor import VaeImageProcessor
 
-    from studio.local_engine import LocalEngine
+    from studio.engines.generation import decode_fp32
 
     class HalfVae:
         config = SimpleNamespace(scaling_factor=0.5)
@@ -248,13 +248,13 @@ def test_nan_from_an_fp16_vae_is_decoded_again_in_fp32():
 
     pipe = SimpleNamespace(vae=HalfVae(), image_processor=VaeImageProcessor())
     nan = np.full((16, 16, 3), np.nan, dtype=np.float32)
-    fixed = LocalEngine._decode_fp32(pipe, torch.zeros(1, 4, 2, 2, dtype=torch.float16), nan)
+    fixed = decode_fp32(pipe, torch.zeros(1, 4, 2, 2, dtype=torch.float16), nan)
     assert np.isfinite(fixed).all() and np.allclose(fixed, 0.5)
     assert pipe.vae.moves == [torch.float32, torch.float16]  # back to fp16 afterwards
 
     # Without latents (or already fp32) there is nothing to retry: a clear error instead of a black image.
     with pytest.raises(EngineError, match="NaN"):
-        LocalEngine._decode_fp32(pipe, None, nan)
+        decode_fp32(pipe, None, nan)
 
 
 def test_stop_from_another_tab_of_the_same_user_does_not_stop_others(studio):

@@ -151,9 +151,13 @@ def test_cancel_stops_between_steps_and_keeps_finished_images(engine):
     assert info.value.partial.seeds == [1234]
 
 
-def test_long_prompt_truncation_is_reported(engine):
-    result = engine.generate(BASE.replace(prompt="red cat " * 60))
-    assert any("only the first 75 are used" in w for w in result.warnings)
+def test_long_prompts_are_encoded_whole_not_truncated(engine):
+    """A1111's "infinite prompt length": 120 tokens are two 75-token chunks, and the second one counts."""
+    long = "red cat " * 60
+    result = engine.generate(BASE.replace(prompt=long))
+    assert not any("tokens" in w for w in result.warnings)
+    cut = engine.generate(BASE.replace(prompt="red cat " * 37 + "red")).images[0]  # the first 75 tokens alone
+    assert result.images[0].tobytes() != cut.tobytes()
 
 
 def test_failed_load_keeps_previous_model(engine, tmp_path):

@@ -1,0 +1,90 @@
+"""Bench workers for the A1111 features (run by `python -m bench.workers TASK ARGS_JSON`, see bench.workers).
+
+- `a1111_cost`: what prompt weighting + one LoRA tag costs over the plain prompt, interleaved on one engine.
+  The two requests alternate, so every LoRA request switches the adapter on and every plain one switches it off:
+  the honest worst case of a user mixing them.
+- `lora_rss`: RSS over 50 requests cycling through three LoRAs and back to none. After the first cycle every
+  adapter is loaded; growth after that would mean adapters pile up.
+Both use the demo model and demo LoRAs written into a temporary models folder.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.core import Stats, interleave, ratio_summary, rss_mb
+
+LORA_NAMES = ("bench-a", "bench-b", "bench-c")
+PLAIN = "a photo of an astronaut riding a horse on the moon, detailed, 8k"
+WEIGHTED = "a photo of an (astronaut:1.2) riding a [horse] on the ((moon)), detailed, 8k"
+
+
+def _engine_with_loras(model: str) -> tuple[Any, Path]:
+    from bench.models import model_spec
+    from studio.config import EngineSettings
+    from studio.engines import build
+    from studio.models.demo_extras import build_demo_lora
+
+    models_dir = Path(tempfile.mkdtemp(prefix="bench-loras-"))
+    for seed, name in enumerate(LORA_NAMES):
+        build_demo_lora(models_dir / "Lora" / f"{name}.safetensors", seed=seed)
+    engine = build(EngineSettings(model=model_spec(model), device="cpu", models_dir=models_dir))
+    engine.load()
+    return engine, models_dir
+
+
+def _request(prompt: str, size: int, steps: int) -> Any:
+    from studio.types import GenerationRequest
+
+    return GenerationRequest(prompt=prompt, negative_prompt="blurry", steps=steps, width=size, height=size, seed=5)
+
+
+def a1111_cost(model: str, size: int, steps: int, rounds: int, warmup: int = 1) -> dict[str, Any]:
+    """Plain prompt vs weighted prompt + `<lora:…:0.8>`, interleaved: `overhead_pct` = (ratio - 1) x 100."""
+    engine, _ = _engine_with_loras(model)
+    plain = _request(PLAIN, size, steps)
+    weighted = _request(f"{WEIGHTED} <lora:{LORA_NAMES[0]}:0.8>", size, steps)
+    times = interleave(
+        {"weighted_lora": lambda: engine.generate(weighted), "plain": lambda: engine.generate(plain)},
+        rounds=rounds,
+        warmup=warmup,
+    )
+    summary = ratio_summary(times["weighted_lora"], times["plain"])
+    return {
+        "model": model,
+        "size": size,
+        "steps": steps,
+        "plain_s": Stats.of(times["plain"]).as_dict(),
+        "weighted_lora_s": Stats.of(times["weighted_lora"]).as_dict(),
+        **summary,
+        "overhead_pct": round((summary["ratio"] - 1) * 100, 2),
+    }
+
+
+def lora_rss(model: str, size: int, steps: int, requests: int = 50) -> dict[str, Any]:
+    """RSS after each of `requests` generations cycling LoRA a, b, c, none; growth measured after the first cycle."""
+    from bench.workers import _malloc_trim
+
+    engine, _ = _engine_with_loras(model)
+    prompts = [f"{PLAIN} <lora:{name}:0.8>" for name in LORA_NAMES] + [PLAIN]
+    trace: list[float] = []
+    for index in range(requests):
+        engine.generate(_request(prompts[index % len(prompts)], size, steps))
+        gc.collect()
+        _malloc_trim()
+        trace.append(rss_mb() or 0.0)
+    first_cycle_end = trace[len(prompts) - 1]
+    return {
+        "model": model,
+        "size": size,
+        "steps": steps,
+        "requests": requests,
+        "rss_after_first_cycle_mb": first_cycle_end,
+        "rss_max_after_first_cycle_mb": max(trace[len(prompts) :]),
+        "rss_end_mb": trace[-1],
+        "rss_growth_pct": round((max(trace[len(prompts) :]) - first_cycle_end) / first_cycle_end * 100, 2),
+        "rss_trace_mb": trace,
+    }
