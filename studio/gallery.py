@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from studio import fs
-from studio.metadata import format_infotext, parse_infotext, read_infotext, save_png
+from studio.imagemeta import read_infotext, save_png
+from studio.metadata import format_infotext, parse_infotext
 from studio.types import GenerationResult, Task
 
 logger = logging.getLogger(__name__)

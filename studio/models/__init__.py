@@ -6,10 +6,14 @@
 - `single_file`: A1111-style .safetensors/.ckpt files (safe unpickling, family detection, shipped configs);
 - `demo`: the tiny deterministic demo model, and the atomic diffusers-folder writer;
 - `loading`: ModelSource -> diffusers pipeline;
-- `hashing`: A1111's "Model hash".
+- `hashing`: A1111's "Model hash";
+- `lora`, `vae`: LoRA files in MODELS_DIR/Lora and VAE files in MODELS_DIR/VAE (A1111's folders): discovery, A1111's
+  "Lora hashes" / "VAE hash", safe loading (studio.engines.adapters applies them per request);
+- `demo_extras`: a demo LoRA and a demo VAE, so both can be tried and tested offline.
 
 Importing this package is light: torch, diffusers and transformers are imported only when a function needs them.
-CLI: ``python -m studio.models build-demo DIR [--inpaint]`` and ``python -m studio.models list [MODELS_DIR]``.
+CLI: ``python -m studio.models build-demo DIR [--inpaint]``, ``build-demo-lora PATH.safetensors``,
+``build-demo-vae PATH.safetensors`` and ``list [MODELS_DIR]``.
 """
 
 from studio.models.demo import DEMO_VERSION, build_demo, demo_model_dir, save_pipeline_dir

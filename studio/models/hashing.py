@@ -43,7 +43,7 @@ def _read_index(index_path: Path) -> dict[str, dict]:
         return {}
 
 
-def _sha256_files(files: list[Path]) -> str:
+def sha256_files(files: list[Path]) -> str:
     """sha256 over `files` (streamed, in order), cached in cache_dir()/hashes.json by path + mtime + size."""
     stats = [f.stat() for f in files]
     key = "|".join(str(f.resolve()) for f in files)
@@ -88,4 +88,4 @@ def model_hash(source: ModelSource) -> str:
     Single file: of the file. Diffusers folder / demo / cached hub model: of the UNet weights.
     """
     files = [f for f in _weight_files(source) if f.is_file()]
-    return _sha256_files(files)[:10] if files else ""
+    return sha256_files(files)[:10] if files else ""

@@ -156,9 +156,9 @@ def read_pickled_lora(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a .pt / .ckpt LoRA, unpickled with weights_only=True (pickled code raises ModelLoadError)."""
     import torch
 
-    from studio.models.single_file import _load_ckpt
+    from studio.models.single_file import load_ckpt
 
-    state = _load_ckpt(Path(path))
+    state = load_ckpt(Path(path))
     tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
     if not tensors:
         raise ModelLoadError(f"{Path(path).name}: holds no tensors, so it is not a LoRA")

@@ -96,7 +96,7 @@ def _refusal(path: Path, err: Exception) -> ModelLoadError:
     )
 
 
-def _load_ckpt(path: Path) -> dict[str, Any]:
+def load_ckpt(path: Path) -> dict[str, Any]:
     """Unpickle a .ckpt with weights_only=True (tensors memory-mapped when possible) and return its state dict.
 
     Pickled code (anything but tensors, containers, numbers and the allowed globals) raises ModelLoadError and is
@@ -133,7 +133,7 @@ def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             raise ModelLoadError(f"{path.name}: not a valid .safetensors file ({err})") from err
     import torch
 
-    state = _load_ckpt(path)
+    state = load_ckpt(path)
     return {key: tuple(value.shape) for key, value in state.items() if isinstance(value, torch.Tensor)}
 
 

@@ -76,9 +76,9 @@ def find_vae(name: str, vaes: list[VaeFile]) -> VaeFile | None:
 
 def vae_hash(path: Path) -> str:
     """A1111's "VAE hash": the first 10 hex digits of the sha256 of the whole file (cached by path, mtime, size)."""
-    from studio.models.hashing import _sha256_files
+    from studio.models.hashing import sha256_files
 
-    return _sha256_files([Path(path)])[:HASH_LENGTH]
+    return sha256_files([Path(path)])[:HASH_LENGTH]
 
 
 def read_vae_state(path: Path) -> dict[str, torch.Tensor]:
@@ -93,9 +93,9 @@ def read_vae_state(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except Exception as err:
             raise ModelLoadError(f"{path.name}: not a valid .safetensors file ({err})") from err
-    from studio.models.single_file import _load_ckpt
+    from studio.models.single_file import load_ckpt
 
-    state = _load_ckpt(path)
+    state = load_ckpt(path)
     return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-from studio import metadata
+from studio import imagemeta, metadata
 from studio.types import Task
 from studio.ui.generation import TAB_IDS, restored_values
 from studio.ui.widgets import SENT_FIELDS, field_image
@@ -37,7 +37,7 @@ def read_png_info(path: str | None) -> tuple[str, dict[str, Any]]:
         return "", {}
     try:
         with Image.open(path) as image:
-            text = metadata.read_infotext(image)
+            text = imagemeta.read_infotext(image)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise gr.Error(f"image: cannot read this file as an image ({err})", title="Invalid input") from None
     if not text:

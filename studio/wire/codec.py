@@ -219,7 +219,7 @@ def image_to_base64(image: Image.Image, infotext: str | None = None) -> str:
 
 def _png(image: Image.Image, infotext: str | None) -> bytes:
     if infotext:
-        from studio.metadata import png_bytes
+        from studio.imagemeta import png_bytes
 
         return png_bytes(image, infotext, compress_level=PNG_COMPRESS_LEVEL)
     buffer = io.BytesIO()

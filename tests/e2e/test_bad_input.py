@@ -25,6 +25,7 @@ import requests
 from PIL import Image, PngImagePlugin
 
 from studio.testing.browser import REPO, start_studio
+from studio.testing.gradio_api import api_values
 from studio.testing.moto import MotoServer, aws_env
 from studio.testing.servers import UvicornThread, wait_for
 
@@ -33,6 +34,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from studio.types import Limits  # noqa: E402
+from studio.ui.txt2img import txt2img  # noqa: E402
 
 # Configured maximums (STUDIO_MAX_*), smaller than the defaults so "above the maximum" is cheap to reach.
 LIMIT_ENV = {
@@ -52,7 +54,6 @@ VALID = dict(
 )
 # /txt2img's later parameters (scheduler, clip_skip, vae, hires_*): gradio_client fills their defaults, a raw HTTP
 # /call/ request must send every value (gradio's rule, see h05).
-TXT2IMG_LATER_DEFAULTS = ["Automatic", 1, "Automatic", 1.0, "Latent", 0, 0.7, 0, 0]
 LONG_PROMPT = ("a very detailed painting of a lighthouse on a cliff at sunset, " * 160)[:10_000]
 TABLE: list[tuple[str, str, str, str]] = []  # (id, channel, case, result)
 
@@ -313,7 +314,7 @@ RAW_GRADIO_CASES = [
     ("h02", "wrong content type (text/plain)", b'{"data": ["x"]}', "text/plain", 422, "body"),
     ("h03", 'no "data" field', b'{"inputs": ["x"]}', "application/json", 422, "data"),
     ("h04", "cfg_scale NaN",
-     json.dumps({"data": [*{**VALID, "cfg_scale": float("nan")}.values(), *TXT2IMG_LATER_DEFAULTS]}).encode(),
+     json.dumps({"data": api_values(txt2img, **{**VALID, "cfg_scale": float("nan")})}).encode(),
      "application/json", 200, "cfg_scale: must be a finite number"),
     ("h05", "too few values", b'{"data": ["x"]}', "application/json", 200, "enough input values"),
 ]

@@ -27,12 +27,15 @@ import requests
 import app
 from studio.config import ConfigError, Settings, load_settings
 from studio.testing.browser import REPO, free_port, start_studio
+from studio.testing.gradio_api import api_values
 from studio.testing.moto import MotoServer
 from studio.testing.servers import UvicornThread
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+
+from studio.ui.img2img import img2img  # noqa: E402
 
 VALID = ["a lighthouse", "", "Euler a", 2, 7, 5, 64, 64, 1]
 
@@ -274,8 +277,10 @@ def test_api_cannot_make_the_server_read_local_files(open_studio):
     """A FileData path the user did not upload is refused (gradio would otherwise copy it into its cache)."""
     studio, _ = open_studio
     for path in ("/etc/passwd", f"{studio.outputs}/../secret.txt", str(REPO / "app.py")):
-        # A raw /call/ request sends every value, scheduler, clip_skip and vae included (gradio_client fills them).
-        data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, *VALID, 0.75, "Automatic", 1, "Automatic"]
+        # A raw /call/ request sends every value (gradio_client would fill the defaults).
+        named = dict(zip(("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
+                          "count"), VALID, strict=True))
+        data = api_values(img2img, image={"path": path, "meta": {"_type": "gradio.FileData"}}, **named)
         call = requests.post(f"{studio.url}gradio_api/call/img2img", json={"data": data}, timeout=10)
         event_id = call.json()["event_id"]
         stream = requests.get(f"{studio.url}gradio_api/call/img2img/{event_id}", timeout=60).text

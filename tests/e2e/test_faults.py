@@ -20,6 +20,7 @@ import requests
 
 from studio.testing.browser import open_studio, open_tab, set_number, set_seed, start_studio, type_prompt
 from studio.testing.fakes import FakeEngine
+from studio.testing.gradio_api import api_values
 from studio.testing.moto import MotoServer, aws_env
 from studio.testing.servers import UvicornThread
 
@@ -30,6 +31,7 @@ from gradio_client.utils import Status  # noqa: E402
 
 from studio.engine import EngineError  # noqa: E402
 from studio.types import Task  # noqa: E402
+from studio.ui.txt2img import txt2img  # noqa: E402
 
 VALID = dict(
     prompt="a quiet harbour", negative_prompt="", sampler="Euler a", steps=3, cfg_scale=7, seed=11, width=64,
@@ -112,7 +114,7 @@ def test_api_client_that_drops_its_stream_mid_run_still_saves(studio):
     config = requests.get(f"{app.url}config", timeout=10).json()
     fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "txt2img")
     session = uuid.uuid4().hex[:11]
-    data = list({**VALID, "steps": 60, "count": 2, "seed": 5200}.values())
+    data = api_values(txt2img, **{**VALID, "steps": 60, "count": 2, "seed": 5200})  # raw protocol: every value
     join = requests.post(
         f"{app.url}gradio_api/queue/join",
         json={"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None},

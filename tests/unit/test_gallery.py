@@ -15,7 +15,8 @@ from PIL import Image
 
 from studio import gallery
 from studio.gallery import INDEX_NAME, HistoryEntry, OutputStore
-from studio.metadata import format_infotext, parse_infotext, read_infotext
+from studio.imagemeta import read_infotext
+from studio.metadata import format_infotext, parse_infotext
 from studio.types import GenerationRequest, GenerationResult
 
 NAME = re.compile(r"^(\d{5})-(\d+)\.png$")

@@ -16,16 +16,14 @@ from PIL import Image, PngImagePlugin
 
 import studio
 from studio import fs
+from studio.imagemeta import png_bytes, read_infotext, save_png
 from studio.metadata import (
     OMITTED_AT_DEFAULT,
     format_infotext,
     parse_infotext,
     parse_lora_hashes,
-    png_bytes,
-    read_infotext,
     request_fields,
     request_from_fields,
-    save_png,
 )
 from studio.types import GenerationRequest
 
