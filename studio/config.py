@@ -37,6 +37,7 @@ class Backend(StrEnum):
     LOCAL = "local"
     HTTP = "http"  # a serving app at --url
     SAGEMAKER = "sagemaker"  # a SageMaker endpoint (real-time or async)
+    LAMBDA = "lambda"  # an AWS Lambda function running the serving handler (CPU, OpenVINO)
 
 
 class EngineKind(StrEnum):
@@ -137,6 +138,7 @@ class EngineSettings:
     openvino_cache: Path | None = None  # None: cache_dir()/openvino
     url: str | None = None  # Backend.HTTP
     endpoint: str | None = None  # Backend.SAGEMAKER
+    function: str | None = None  # Backend.LAMBDA: function name, ARN or function URL
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
@@ -149,6 +151,8 @@ class EngineSettings:
             raise ConfigError("--backend http needs --url (the address of a running `python -m studio.serving`)")
         if self.backend is Backend.SAGEMAKER and not self.endpoint:
             raise ConfigError("--backend sagemaker needs --endpoint NAME")
+        if self.backend is Backend.LAMBDA and not self.function:
+            raise ConfigError("--backend lambda needs --function NAME (a function name, ARN or function URL)")
         if self.kind is EngineKind.OPENVINO and self.device is Device.CUDA:
             raise ConfigError("--device cuda: the OpenVINO engine runs on the CPU (use --engine torch on a GPU)")
         return self
@@ -160,6 +164,8 @@ class EngineSettings:
             return self.url or ""
         if self.backend is Backend.SAGEMAKER:
             return self.endpoint or ""
+        if self.backend is Backend.LAMBDA:
+            return self.function or ""
         return self.model or ""
 
     def for_backend(self, backend: Backend | str, target: str) -> EngineSettings:
@@ -170,6 +176,8 @@ class EngineSettings:
             return dataclasses.replace(self, backend=backend, url=target)
         if backend is Backend.SAGEMAKER:
             return dataclasses.replace(self, backend=backend, endpoint=target)
+        if backend is Backend.LAMBDA:
+            return dataclasses.replace(self, backend=backend, function=target)
         return dataclasses.replace(self, backend=backend, model=target or self.model)
 
 
@@ -185,6 +193,10 @@ class Settings:
     no_auth: bool = False
     share: bool = False
     check_endpoints: bool = True  # warn at start about running SageMaker endpoints (when credentials exist)
+    api: bool = True  # the A1111-compatible HTTP API (/sdapi/v1) on the studio's own port; --no-api turns it off
+    root_path: str | None = None  # the path prefix a proxy serves the studio under (e.g. /proxy/7860)
+    tls_cert: Path | None = None  # HTTPS: certificate (PEM) ...
+    tls_key: Path | None = None  # ... and its private key
 
     @property
     def limits(self) -> Limits:
@@ -194,6 +206,10 @@ class Settings:
         self.engine.validate()
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port: expected 1-65535, got {self.port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: give both (a PEM certificate and its key)")
+        if self.root_path is not None and self.root_path and not self.root_path.startswith("/"):
+            raise ConfigError(f"--root-path: must start with '/', got {self.root_path!r}")
         return self
 
 
@@ -260,6 +276,7 @@ _STUDIO_BACKEND_OPTIONS = (
     _Option("backend", "--backend", "STUDIO_BACKEND", _enum(Backend), "local (default), http or sagemaker"),
     _Option("url", "--url", "STUDIO_URL", help="serving app URL for --backend http"),
     _Option("endpoint", "--endpoint", "STUDIO_ENDPOINT", help="SageMaker endpoint name for --backend sagemaker"),
+    _Option("function", "--function", "STUDIO_FUNCTION", help="Lambda function name, ARN or URL for --backend lambda"),
 )
 _LIMIT_OPTIONS = tuple(
     _Option(name, None, f"STUDIO_{name.upper()}", parse_int)
@@ -273,6 +290,10 @@ _STUDIO_OPTIONS = (
     _Option("no_auth", "--no-auth", "STUDIO_NO_AUTH", parse_bool, "allow a public address without auth", True),
     _Option("share", "--share", "STUDIO_SHARE", parse_bool, "create a Gradio share link (needs --auth)", True),
     _Option("check_endpoints", None, "STUDIO_CHECK_ENDPOINTS", parse_bool),
+    _Option("api", None, "STUDIO_API", parse_bool),
+    _Option("root_path", "--root-path", "STUDIO_ROOT_PATH", help="path prefix behind a proxy, e.g. /proxy/7860"),
+    _Option("tls_cert", "--tls-cert", "STUDIO_TLS_CERT", _path, "HTTPS certificate (PEM), with --tls-key"),
+    _Option("tls_key", "--tls-key", "STUDIO_TLS_KEY", _path, "HTTPS private key (PEM), with --tls-cert"),
 )
 _SERVING_OPTIONS = (
     _Option("model_dir", None, "SM_MODEL_DIR", _path),
@@ -315,6 +336,14 @@ def _collect(options: tuple[_Option, ...], args: argparse.Namespace | None, env:
 def studio_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py", description="SD Studio: a Stable Diffusion studio in your browser.")
     _add_flags(parser, _ENGINE_OPTIONS + _STUDIO_BACKEND_OPTIONS + _STUDIO_OPTIONS)
+    # --no-api is the flag form of STUDIO_API=false (the API is on by default, as A1111's --api would be).
+    parser.add_argument(
+        "--no-api",
+        dest="no_api",
+        action="store_true",
+        default=None,
+        help="do not serve the A1111-compatible HTTP API /sdapi/v1 (STUDIO_API=false)",
+    )
     return parser
 
 
@@ -337,7 +366,10 @@ def load_settings(argv: list[str] | None = None, environ: Mapping[str, str] | No
     env = os.environ if environ is None else environ
     args = studio_parser().parse_args(argv)
     engine = _engine_settings(args, env, _ENGINE_OPTIONS + _STUDIO_BACKEND_OPTIONS)
-    return Settings(engine=engine, **_collect(_STUDIO_OPTIONS, args, env)).validate()
+    values = _collect(_STUDIO_OPTIONS, args, env)
+    if args.no_api:
+        values["api"] = False
+    return Settings(engine=engine, **values).validate()
 
 
 def load_serving_settings(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> ServingSettings:
