@@ -29,9 +29,11 @@ def _engine_with_loras(model: str) -> tuple[Any, Path]:
     from studio.models.demo_extras import build_demo_lora
 
     models_dir = Path(tempfile.mkdtemp(prefix="bench-loras-"))
+    spec = model_spec(model)
+    fitted = None if model == "demo" else Path(spec)  # a random LoRA with the full-size model's shapes
     for seed, name in enumerate(LORA_NAMES):
-        build_demo_lora(models_dir / "Lora" / f"{name}.safetensors", seed=seed)
-    engine = build(EngineSettings(model=model_spec(model), device="cpu", models_dir=models_dir))
+        build_demo_lora(models_dir / "Lora" / f"{name}.safetensors", seed=seed, model_dir=fitted)
+    engine = build(EngineSettings(model=spec, device="cpu", models_dir=models_dir))
     engine.load()
     return engine, models_dir
 

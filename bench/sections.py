@@ -45,7 +45,8 @@ class Profile:
     openvino_rounds: int
     openvino_e2e: tuple[int, int] | None  # (size, steps) of one whole generation per engine
     openvino_accuracy: bool  # demo-model pixel differences f32/bf16 vs torch (also covered by the tests)
-    a1111: tuple[str, int, int, int] = ("demo", 256, 10, 8)  # (model, size, steps, interleaved rounds)
+    a1111: tuple[str, int, int, int] = ("demo", 256, 10, 8)  # weighting + LoRA cost: (model, size, steps, rounds)
+    lora_rss: tuple[str, int, int, int] = ("demo", 256, 2, 50)  # LoRA cycling: (model, size, steps, requests)
     worker_timeout: float = 1800.0
 
     def capped(self, rounds: int) -> Profile:
@@ -64,6 +65,7 @@ class Profile:
             load_rounds=min(self.load_rounds, n),
             openvino_rounds=min(self.openvino_rounds, n),
             a1111=(*self.a1111[:3], min(self.a1111[3], n)),
+            lora_rss=(*self.lora_rss[:3], min(self.lora_rss[3], max(8, n))),
         )
 
 
@@ -83,6 +85,7 @@ QUICK = Profile(
     openvino_rounds=3,
     openvino_e2e=None,
     openvino_accuracy=False,
+    a1111=("sd15", 128, 2, 4),  # the full-size architecture: on the tiny demo, fixed per-request costs dominate
 )
 FULL = Profile(
     name="full",
@@ -100,6 +103,8 @@ FULL = Profile(
     openvino_rounds=3,
     openvino_e2e=(512, 4),
     openvino_accuracy=True,
+    a1111=("sd15", 256, 4, 3),
+    lora_rss=("sd15", 128, 1, 50),
 )
 
 # Requests the HTTP sections send (the demo model: the point is the overhead around the engine, not the engine).
@@ -377,7 +382,8 @@ def a1111(ctx: Context) -> dict[str, Any]:
     """`a1111.overhead_pct` (weighting + one LoRA over a plain prompt) and `a1111.lora_rss_growth_pct`."""
     model, size, steps, rounds = ctx.profile.a1111
     cost = ctx.worker("a1111_cost", model=model, size=size, steps=steps, rounds=rounds)
-    memory = ctx.worker("lora_rss", model=model, size=size, steps=steps, requests=50)
+    model, size, steps, requests = ctx.profile.lora_rss
+    memory = ctx.worker("lora_rss", model=model, size=size, steps=steps, requests=requests)
     return {
         "overhead_pct": cost["overhead_pct"],
         "lora_rss_growth_pct": memory["rss_growth_pct"],

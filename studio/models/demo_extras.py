@@ -38,24 +38,25 @@ def _linear_shapes(module: Any, targets: tuple[str, ...]) -> dict[str, tuple[int
     }
 
 
-def _demo_shapes() -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
-    """(UNet, text encoder) Linear layers the demo LoRA adapts -> (out, in) features; built on the meta device."""
+def _demo_shapes(model_dir: Path | None = None) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """(UNet, text encoder) Linear layers the demo LoRA adapts -> (out, in) features; built on the meta device.
+    `model_dir`: another SD 1.x diffusers folder to fit (the bench's full-size model), else the demo model."""
     import torch
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    folder = demo_model_dir()
+    folder = Path(model_dir) if model_dir is not None else demo_model_dir()
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
     return _linear_shapes(unet, _UNET_TARGETS), _linear_shapes(text_encoder, _TEXT_TARGETS)
 
 
-def demo_lora_state(seed: int = 0, strength: float = 1.0) -> dict[str, Any]:
-    """The demo LoRA's tensors in kohya's key layout (see module docstring)."""
+def demo_lora_state(seed: int = 0, strength: float = 1.0, model_dir: Path | None = None) -> dict[str, Any]:
+    """The demo LoRA's tensors in kohya's key layout (see module docstring), for the demo or `model_dir`'s model."""
     import torch
 
-    unet_shapes, text_shapes = _demo_shapes()
+    unet_shapes, text_shapes = _demo_shapes(model_dir)
     generator = torch.Generator("cpu").manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
     layers = [("lora_unet_", name, shape) for name, shape in unet_shapes.items()]
@@ -71,8 +72,9 @@ def demo_lora_state(seed: int = 0, strength: float = 1.0) -> dict[str, Any]:
     return state
 
 
-def build_demo_lora(target: Path, seed: int = 0, strength: float = 1.0) -> Path:
-    """Write the demo LoRA (kohya format, .safetensors) to `target` atomically and return `target`."""
+def build_demo_lora(target: Path, seed: int = 0, strength: float = 1.0, model_dir: Path | None = None) -> Path:
+    """Write the demo LoRA (kohya format, .safetensors) to `target` atomically and return `target`. With
+    `model_dir` (an SD 1.x diffusers folder) the LoRA fits that model instead of the demo (random all the same)."""
     from safetensors.torch import save_file
 
     target = Path(target).expanduser().absolute()
@@ -87,7 +89,7 @@ def build_demo_lora(target: Path, seed: int = 0, strength: float = 1.0) -> Path:
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     with fs.atomic_path(target) as tmp:
-        save_file(demo_lora_state(seed, strength), str(tmp), metadata=metadata)
+        save_file(demo_lora_state(seed, strength, model_dir), str(tmp), metadata=metadata)
     logger.info("wrote the demo LoRA (seed %d) to %s", seed, target)
     return target
 
