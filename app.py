@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from studio import engines
+from studio import engines, hosting
 from studio.config import Backend, ConfigError, EngineSettings, Settings, load_settings, parse_enum
 from studio.engine import Engine, EngineError
 
@@ -188,6 +188,7 @@ def launch(settings: Settings, *, prevent_thread_lock: bool = False) -> tuple[gr
     from studio.ui.blocks import CSS
 
     check_exposure(settings)
+    hosted = hosting.plan(settings)  # root path (given, or the SageMaker proxy's), TLS, share reachability
     settings.outputs.mkdir(parents=True, exist_ok=True)
     blocks, controller = create_studio(settings)
     blocks.launch(
@@ -200,7 +201,10 @@ def launch(settings: Settings, *, prevent_thread_lock: bool = False) -> tuple[gr
         css=CSS,
         prevent_thread_lock=prevent_thread_lock,
         show_error=True,
+        **hosted.launch_kwargs,
     )
+    hosting.check_share_link(blocks, settings)
+    hosted.announce()  # the URL to open behind a SageMaker proxy; a warning when exposed without TLS
     return blocks, controller
 
 

@@ -82,6 +82,13 @@ def parse_int(name: str, text: str) -> int:
         raise ConfigError(f"{name}: expected a whole number, got {text!r}") from None
 
 
+def parse_float(name: str, text: str) -> float:
+    try:
+        return float(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {text!r}") from None
+
+
 def parse_enum(kind: type[E], name: str, value: str | E) -> E:
     """`value` as a member of `kind` (case-insensitive, with the documented aliases); ConfigError naming `name`."""
     if isinstance(value, kind):
@@ -241,6 +248,41 @@ class ServingSettings:
         return self
 
 
+@dataclass(frozen=True)
+class RaySettings:
+    """Ray Serve (`python -m studio.serving.ray`, `serve run studio.serving.ray:build_app k=v`, deploy/ray/serve.yaml):
+    the serving app's settings, where Serve's HTTP proxy listens, and the replicas (see studio.serving.ray)."""
+
+    serving: ServingSettings = field(default_factory=ServingSettings)
+    host: str = "127.0.0.1"  # Serve's HTTP proxy (Ray's own default address and port)
+    port: int = 8000
+    min_replicas: int = 1  # 0 allowed: the first request starts a replica
+    max_replicas: int = 1
+    target_ongoing_requests: float = 1.0  # autoscaling target per replica (one generation runs at a time)
+    max_ongoing_requests: int = 4  # requests a replica accepts at once; the rest wait in Serve's queue
+    replica_cpus: float = 1.0  # CPUs each replica reserves when it runs without a GPU
+    replica_gpus: float | None = None  # None: 1 on a GPU cluster (or --device cuda), 0 otherwise
+    address: str | None = None  # RAY_ADDRESS: join that cluster; None starts a local Ray
+
+    def validate(self) -> RaySettings:
+        self.serving.validate()
+        checks = (
+            (self.min_replicas >= 0, "min_replicas (--min-replicas): must be 0 or more", self.min_replicas),
+            (self.max_replicas >= max(1, self.min_replicas),
+             "max_replicas (--max-replicas): must be at least 1 and at least min_replicas", self.max_replicas),
+            (self.target_ongoing_requests > 0, "target_ongoing_requests: must be above 0",
+             self.target_ongoing_requests),
+            (self.max_ongoing_requests >= 1, "max_ongoing_requests: must be 1 or more", self.max_ongoing_requests),
+            (self.replica_cpus >= 0, "replica_cpus: must be 0 or more", self.replica_cpus),
+            (self.replica_gpus is None or self.replica_gpus >= 0, "replica_gpus: must be 0 or more", self.replica_gpus),
+            (0 < self.port < 65536, "--port: expected 1-65535", self.port),
+        )
+        for ok, message, value in checks:
+            if not ok:
+                raise ConfigError(f"{message}, got {value}")
+        return self
+
+
 # ---- flags and variables ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Option:
@@ -304,6 +346,17 @@ _SERVING_OPTIONS = (
     _Option("allow_urls", None, "STUDIO_ALLOW_URLS", parse_bool),
     _Option("s3_output", None, "STUDIO_S3_OUTPUT", _parse_s3_uri),
     _Option("s3_allowed_prefixes", None, "STUDIO_S3_ALLOWED_PREFIXES", parse_s3_prefixes),
+)
+_RAY_OPTIONS = (
+    _Option("host", "--host", None, help="address of Serve's HTTP proxy (127.0.0.1)"),
+    _Option("port", "--port", None, parse_int, "port of Serve's HTTP proxy (8000)"),
+    _Option("min_replicas", "--min-replicas", None, parse_int, "fewest replicas, 0 allowed (1)"),
+    _Option("max_replicas", "--max-replicas", None, parse_int, "most replicas (1, or --min-replicas if larger)"),
+    _Option("target_ongoing_requests", "--target-ongoing-requests", None, parse_float, "autoscaling target (1)"),
+    _Option("max_ongoing_requests", "--max-ongoing-requests", None, parse_int, "requests per replica at once (4)"),
+    _Option("replica_cpus", "--replica-cpus", None, parse_float, "CPUs per replica without a GPU (1)"),
+    _Option("replica_gpus", "--replica-gpus", None, parse_float, "GPUs per replica (auto: 1 on a GPU cluster)"),
+    _Option("address", None, "RAY_ADDRESS"),
 )
 
 
@@ -390,6 +443,61 @@ def load_serving_settings(argv: list[str] | None = None, environ: Mapping[str, s
     return ServingSettings(engine=engine, **values).validate()
 
 
+def ray_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m studio.serving.ray",
+        description="SD Studio's serving app on Ray Serve (a local Ray, or the cluster at RAY_ADDRESS)",
+    )
+    _add_flags(parser, _ENGINE_OPTIONS + _RAY_OPTIONS)
+    return parser
+
+
+def _ray_settings(
+    args: argparse.Namespace | None,
+    env: Mapping[str, str],
+    engine_options: tuple[_Option, ...],
+    ray_options: tuple[_Option, ...],
+) -> RaySettings:
+    engine = _engine_settings(args, env, engine_options)
+    serving = ServingSettings(engine=engine, **_collect(_SERVING_OPTIONS, None, env))  # the STUDIO_* variables
+    values = _collect(ray_options, args, env)
+    values.setdefault("max_replicas", max(1, values.get("min_replicas", 1)))
+    return RaySettings(serving=serving, **values).validate()
+
+
+def load_ray_settings(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> RaySettings:
+    """`python -m studio.serving.ray` flags (the engine's, Serve's address, the replicas) plus STUDIO_* and
+    RAY_ADDRESS variables; ConfigError names the flag or variable."""
+    env = os.environ if environ is None else environ
+    args = ray_parser().parse_args(list(argv or []))
+    return _ray_settings(args, env, _ENGINE_OPTIONS, _RAY_OPTIONS)
+
+
+# Builder arguments (`serve run studio.serving.ray:build_app min_replicas=2`, a Serve config's `args:`) are the
+# flags' names without dashes; Serve's own address comes from `serve run` / the config's http_options instead.
+_BUILDER_OPTIONS = tuple(
+    dataclasses.replace(option, flag=option.flag[2:].replace("-", "_"))
+    for option in _ENGINE_OPTIONS + _RAY_OPTIONS
+    if option.flag and option.name not in ("host", "port")
+)
+
+
+def ray_settings_from_args(args: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> RaySettings:
+    """Settings from Ray Serve application-builder arguments (strings from `serve run`, or YAML values)."""
+    env = os.environ if environ is None else environ
+    known = {option.flag: option for option in _BUILDER_OPTIONS}
+    unknown = sorted(set(args) - set(known))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a studio.serving.ray argument; expected one of {', '.join(known)}")
+    namespace = argparse.Namespace(**{known[key].name: str(value) for key, value in args.items() if value is not None})
+    engine_names = {option.name for option in _ENGINE_OPTIONS}
+    engine_part = tuple(o for o in _BUILDER_OPTIONS if o.name in engine_names)
+    engine_part += tuple(o for o in _ENGINE_OPTIONS if o.flag is None)  # STUDIO_OPENVINO_CACHE
+    ray_part = tuple(o for o in _BUILDER_OPTIONS if o.name not in engine_names)
+    ray_part += tuple(o for o in _RAY_OPTIONS if o.flag is None)  # RAY_ADDRESS
+    return _ray_settings(namespace, env, engine_part, ray_part)
+
+
 # ---- small readers for process-wide locations --------------------------------------------------------------------
 def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     """The studio's cache folder: $STUDIO_CACHE, else ~/.cache/sd-studio (created on demand by the callers)."""
@@ -406,6 +514,23 @@ def hub_offline(environ: Mapping[str, str] | None = None) -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
+
+
+def load_lambda_settings(environ: Mapping[str, str] | None = None) -> ServingSettings:
+    """The AWS Lambda handler's settings (studio.serving.aws_lambda): the serving app's STUDIO_* variables, with the
+    OpenVINO engine unless STUDIO_ENGINE says otherwise (Lambda has CPUs only; an explicit STUDIO_ENGINE=torch wins)."""
+    env = os.environ if environ is None else environ
+    settings = load_serving_settings([], env)
+    if not env.get("STUDIO_ENGINE", "").strip():
+        engine = dataclasses.replace(settings.engine, kind=EngineKind.OPENVINO)
+        settings = dataclasses.replace(settings, engine=engine.validate())
+    return settings
+
+
+def in_aws_lambda(environ: Mapping[str, str] | None = None) -> bool:
+    """True inside an AWS Lambda execution environment (its runtime API address is set)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("AWS_LAMBDA_RUNTIME_API"))
 
 
 def sagemaker_metadata_file(environ: Mapping[str, str] | None = None) -> Path:
