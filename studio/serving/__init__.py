@@ -2,7 +2,7 @@
 
 - `invoker`: decode -> generate -> encode (`Invoker`, `RequestCodec`, error mapping); no web framework.
 - `app`: the FastAPI app, GET /ping and POST /invocations (`create_app`).
-- `toolkit`: the SageMaker PyTorch toolkit handlers (model_fn/input_fn/predict_fn/output_fn), shipped as
+- `toolkit`: the SageMaker PyTorch toolkit handlers (model_fn/transform_fn), shipped as
   code/inference.py.
 - `__main__`: `python -m studio.serving` and the `serve` console script.
 

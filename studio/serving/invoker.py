@@ -19,11 +19,13 @@ from studio import aws
 from studio.config import EngineSettings, ServingSettings
 from studio.engine import CancelToken, Engine, EngineError, EngineNotReady, GenerationCancelled
 from studio.models import serving_model
-from studio.types import GenerationResult, RequestError
+from studio.types import GenerationRequest, GenerationResult, RequestError
 from studio.wire import codec
 from studio.wire.images import RequestImages, S3Reader, S3Writer, URLReader
 
 _JSON_TYPES = ("application/json", "application/x-json", "text/json")
+# Accept values answered with JSON (the only response type).
+ACCEPTED_MEDIA = ("application/json", "*/*", "application/*")
 
 
 def engine_settings(settings: ServingSettings, model_dir: Path | None = None) -> EngineSettings:
@@ -95,19 +97,54 @@ class Invoker:
         return self.codec.decode(payload)
 
     def generate(self, invocation: codec.Invocation, cancel: CancelToken | None = None) -> GenerationResult:
+        """One result for the invocation; a prompt list runs one engine request per prompt, in order, under one
+        hold of the lock, and the results are joined (image j has seed + j)."""
+        if invocation.prompts:
+            invocation = invocation.with_resolved_seed()
         while not self._lock.acquire(timeout=0.2):
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled("the client went away before the generation started")
         try:
-            result = self.engine.generate(invocation.request, cancel=cancel)
+            results = [self.engine.generate(request, cancel=cancel) for request in invocation.requests()]
         finally:
             self._lock.release()
+        result = results[0] if len(results) == 1 else join_results(invocation.request, results)
         if not result.images:
             raise EngineError("the engine returned no images")
         return result
 
     def encode(self, invocation: codec.Invocation, result: GenerationResult) -> dict[str, Any]:
         return self.codec.encode(invocation, result)
+
+
+def join_results(request: GenerationRequest, results: list[GenerationResult]) -> GenerationResult:
+    """The results of a prompt list's requests as one result for `request` (images, seeds, infotexts in order;
+    timings added up; each warning once)."""
+    timings: dict[str, float] = {}
+    for part in results:
+        for key, value in part.timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+    return GenerationResult(
+        images=[image for part in results for image in part.images],
+        seeds=[seed for part in results for seed in part.seeds],
+        infotexts=[text for part in results for text in part.infotexts],
+        request=request,
+        model=results[0].model,
+        backend=results[0].backend,
+        warnings=list(dict.fromkeys(w for part in results for w in part.warnings)),
+        timings=timings,
+    )
+
+
+def check_accept(accept: str | None) -> str:
+    """The response media type for an Accept header: JSON is the only answer; anything else is declined
+    (RequestError naming "accept") before a generation is spent on it."""
+    for item in (accept or "").split(","):
+        media = item.split(";")[0].strip().lower()
+        if not media or media in ACCEPTED_MEDIA:
+            return "application/json"
+    media = (accept or "").strip()
+    raise RequestError("accept", media, f"only application/json responses are supported, not {media}")
 
 
 def parse_json_body(body: bytes | str, content_type: str | None) -> Any:

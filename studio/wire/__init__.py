@@ -7,18 +7,17 @@ policy on every read and write.
 
 from studio.wire.codec import (
     INPUT_PIXELS_FACTOR,
-    Dialect,
     Fetch,
     Invocation,
     decode_invocation,
     decode_result,
-    detect_dialect,
     encode_pngs,
     encode_request,
     encode_result,
     image_to_base64,
     open_image,
 )
+from studio.wire.dialects import Dialect, detect_dialect
 from studio.wire.images import MAX_IMAGE_BYTES, RequestImages, S3Policy, S3Reader, S3Writer, URLReader
 
 __all__ = [

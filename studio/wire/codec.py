@@ -10,7 +10,8 @@ references are handed to an injected `fetch(field, uri) -> bytes` (studio.wire.i
 allowed-prefix policy inside), and without one they are refused with a RequestError naming the field. Writing
 results to S3 is the caller's job too: `encode_result` only puts the URIs it is given into the response.
 
-Dialects (see ../shared/FACTS.md):
+Dialects (which one a payload follows is decided by the explicit rules of studio.wire.dialects; every answer
+says which one was used, as "dialect"):
 - native / Quick Kit: prompt, negative_prompt, steps, sampler, seed, width, height, count, cfg_scale
   (alias guidance_scale), input_image, mask_image, strength, mask_blur, s3_output (aliases output_location,
   output_s3uri); and A1111 1.9's fields under the request's names: scheduler, clip_skip, vae, hires_scale,
@@ -20,6 +21,10 @@ Dialects (see ../shared/FACTS.md):
 - HF-DLC notebook: prompt (str or list) or inputs, num_images_per_prompt, num_inference_steps, guidance_scale,
   optional "parameters" object -> {"generated_images": [base64 PNG], ...}.
 - BYOC: results, num_inference_steps, guidance_scale, img, mask, strength -> {"s3_loc": [...]} with S3 output.
+
+Prompt lists (HF-DLC's sample sends one; the native dialect accepts the same): N prompts, and one negative prompt
+or a list of N, with count / num_images_per_prompt k give N x k images in prompt order; image j has seed + j and
+its infotext names its own prompt. The count limit applies to N x k. `Invocation.requests()` is the split.
 
 Only Pillow is imported (lazily, when an image is decoded or encoded).
 """
@@ -34,12 +39,13 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from studio.aws import parse_s3_uri, redact_url
 from studio.engine import EngineError
 from studio.types import DEFAULT_LIMITS, GenerationRequest, GenerationResult, Limits, RequestError
+from studio.wire.dialects import Dialect, detect_dialect
+from studio.wire.prompt_lists import expand_prompts, prompt_pairs
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -50,15 +56,6 @@ Fetch = Callable[[str, str], bytes]
 # An input image may be larger than the output (it is resized), but not absurdly: this many times max_pixels.
 INPUT_PIXELS_FACTOR = 4
 PNG_COMPRESS_LEVEL = 1  # A1111's default: fast to write; images are encoded exactly once per response
-
-
-class Dialect(StrEnum):
-    """Which request convention a payload follows; decides the shape of the response."""
-
-    NATIVE = "native"
-    QUICK_KIT = "quick_kit"
-    HF_DLC = "hf_dlc"
-    BYOC = "byoc"
 
 
 # Request field -> accepted spellings, in the order they are looked up.
@@ -83,6 +80,9 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "hires_upscaler": ("hires_upscaler",),
     "hires_steps": ("hires_steps",),
     "hires_strength": ("hires_strength",),
+    "inpaint_only_masked": ("inpaint_only_masked",),
+    "inpaint_padding": ("inpaint_padding",),
+    "masked_content": ("masked_content",),
     "image": ("input_image", "image", "init_image", "img"),
     "mask": ("mask_image", "mask"),
     "s3_output": ("s3_output", "output_location", "output_s3uri"),
@@ -90,12 +90,6 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 _SPELLING_TO_FIELD = {spelling: name for name, spellings in _ALIASES.items() for spelling in spellings}
 # Keys sent by the samples that carry nothing we use; accepted and ignored rather than rejected.
 _IGNORED_KEYS = frozenset({"dialect", "infer_args"})
-_BYOC_KEYS = frozenset({"results", "img", "mask"})
-_HF_KEYS = frozenset({"num_images_per_prompt", "num_inference_steps", "inputs", "parameters"})
-_QUICK_KIT_KEYS = frozenset(
-    {"prompt", "negative_prompt", "steps", "sampler", "seed", "height", "width", "count", "input_image"}
-    | {"output_s3uri", "infer_args"}
-)
 _SCALAR_FIELDS = ("sampler", "steps", "cfg_scale", "seed", "width", "height", "count", "strength", "mask_blur")
 # The A1111 1.9 fields (issue 15), under the request's own names. encode_request sends them only when they differ
 # from the default, so a plain request still works against a serving app that predates them.
@@ -109,6 +103,10 @@ _A1111_FIELDS = (
     "hires_upscaler",
     "hires_steps",
     "hires_strength",
+    # Inpaint "Only masked" and "Masked content" (issue 10), carried the same way.
+    "inpaint_only_masked",
+    "inpaint_padding",
+    "masked_content",
 )
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationRequest)}
 
@@ -124,6 +122,32 @@ class Invocation:
     dialect: Dialect
     s3_output: str | None = None
     s3_output_field: str = "s3_output"
+    # A prompt list: (prompt, negative prompt) of each; `request.count` is then N x k (k images per prompt).
+    prompts: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def per_prompt(self) -> int:
+        """k, the images of each prompt (the whole count without a prompt list)."""
+        return self.request.count // len(self.prompts) if self.prompts else self.request.count
+
+    def with_resolved_seed(self) -> Invocation:
+        """The same invocation with a concrete seed (a prompt list needs one: image j gets seed + j)."""
+        return dataclasses.replace(self, request=self.request.with_resolved_seed())
+
+    def requests(self) -> list[GenerationRequest]:
+        """The engine requests, in prompt order: prompt i makes images i*k .. i*k+k-1 with seeds seed+i*k, ...
+
+        Without a prompt list, the request itself. With one, call on a resolved invocation.
+        """
+        if not self.prompts:
+            return [self.request]
+        if self.request.seed < 0:
+            raise RequestError("seed", self.request.seed, "resolve the random seed before splitting a prompt list")
+        k = self.per_prompt
+        return [
+            self.request.replace(prompt=prompt, negative_prompt=negative, count=k, seed=self.request.seed + i * k)
+            for i, (prompt, negative) in enumerate(self.prompts)
+        ]
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -236,28 +260,6 @@ def encode_pngs(result: GenerationResult) -> list[bytes]:
     return [_png(image, text) for image, text in zip(result.images, _infotexts(result), strict=True)]
 
 
-def detect_dialect(payload: dict[str, Any]) -> Dialect:
-    """Which sample's convention a payload follows (an explicit "dialect" key wins)."""
-    explicit = payload.get("dialect")
-    if explicit is not None:
-        try:
-            return Dialect(explicit)
-        except ValueError:
-            valid = ", ".join(d.value for d in Dialect)
-            message = f"unknown dialect {_short(explicit)}; use {valid}"
-            raise RequestError("dialect", _short(explicit), message) from None
-    keys = set(payload)
-    if keys & _BYOC_KEYS:
-        return Dialect.BYOC
-    if keys & _HF_KEYS or isinstance(payload.get("prompt"), list):
-        return Dialect.HF_DLC
-    if "output_s3uri" in keys or "infer_args" in keys:
-        return Dialect.QUICK_KIT
-    if keys <= _QUICK_KIT_KEYS and keys - {"prompt", "negative_prompt"}:
-        return Dialect.QUICK_KIT
-    return Dialect.NATIVE
-
-
 def _flatten(payload: dict[str, Any]) -> dict[str, Any]:
     """Merge an HF-style {"inputs": ..., "parameters": {...}} into one flat dict."""
     if "parameters" not in payload:
@@ -293,41 +295,12 @@ def _collect(payload: dict[str, Any]) -> dict[str, tuple[str, Any]]:
     return found
 
 
-def _prompt_and_multiplier(field: str, value: Any) -> tuple[str, int]:
-    """A prompt may be a list (HF-DLC): identical entries multiply the image count; different ones are refused."""
-    if value is None:
-        return "", 1
-    if isinstance(value, str):
-        return value, 1
-    if isinstance(value, list):
-        if not value:
-            raise RequestError(field, value, "is an empty list")
-        if not all(isinstance(item, str) for item in value):
-            raise RequestError(field, _short(value), "must be text or a list of text")
-        if len(set(value)) > 1:
-            raise RequestError(
-                field, _short(value), "a list of different prompts is not supported; send one request per prompt"
-            )
-        return value[0], len(value)
-    raise RequestError(field, _short(value), f"must be text, got {type(value).__name__}")
-
-
-def _text_fields(fields: dict[str, tuple[str, Any]]) -> dict[str, Any]:
-    """prompt, negative_prompt and the scalar fields as GenerationRequest keyword arguments."""
-    if "prompt" not in fields or fields["prompt"][1] is None:
-        raise RequestError("prompt", None, "is required")
-    prompt, prompt_copies = _prompt_and_multiplier("prompt", fields["prompt"][1])
-    negative, negative_copies = _prompt_and_multiplier("negative_prompt", fields.get("negative_prompt", ("", ""))[1])
-    if negative_copies > 1 and prompt_copies not in (1, negative_copies):
-        raise RequestError("negative_prompt", negative_copies, "list length does not match the prompt list")
-    kwargs: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
+def _text_fields(fields: dict[str, tuple[str, Any]], pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """The first prompt and the scalar fields as GenerationRequest keyword arguments (count: per prompt)."""
+    kwargs: dict[str, Any] = {"prompt": pairs[0][0], "negative_prompt": pairs[0][1]}
     for name in (*_SCALAR_FIELDS, *_A1111_FIELDS):
         if name in fields and fields[name][1] is not None:
             kwargs[name] = fields[name][1]
-    if prompt_copies > 1:
-        count = kwargs.get("count", 1)
-        if isinstance(count, int) and not isinstance(count, bool):
-            kwargs["count"] = count * prompt_copies
     return kwargs
 
 
@@ -353,7 +326,8 @@ def decode_invocation(payload: Any, *, limits: Limits = DEFAULT_LIMITS, fetch: F
         raise RequestError("body", type(payload).__name__, f"must be a JSON object, got {type(payload).__name__}")
     dialect = detect_dialect(payload)
     fields = _collect(_flatten(payload))
-    kwargs = _text_fields(fields)
+    pairs = prompt_pairs(fields)
+    kwargs = _text_fields(fields, pairs)
     for name, mode in (("image", "RGB"), ("mask", "L")):
         if name in fields and fields[name][1] not in (None, ""):
             spelling, value = fields[name]
@@ -378,7 +352,10 @@ def decode_invocation(payload: Any, *, limits: Limits = DEFAULT_LIMITS, fetch: F
                 "give width and height explicitly)",
             ) from None
         raise
-    return Invocation(request=request, dialect=dialect, s3_output=s3_output, s3_output_field=s3_output_field)
+    prompts: tuple[tuple[str, str], ...] = ()
+    if len(pairs) > 1:
+        request, prompts = expand_prompts(request, pairs, fields, limits), tuple(pairs)
+    return Invocation(request, dialect, s3_output=s3_output, s3_output_field=s3_output_field, prompts=prompts)
 
 
 def encode_request(request: GenerationRequest, *, s3_output: str | None = None) -> dict[str, Any]:
@@ -440,6 +417,7 @@ def encode_result(
         "model": result.model,
         "backend": result.backend,
         "task": result.request.task.value,
+        "dialect": dialect.value,
     }
     if uris is not None and dialect is Dialect.QUICK_KIT:
         return {"result": list(uris), **meta}

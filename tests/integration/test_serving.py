@@ -238,8 +238,9 @@ def test_toolkit_handler_runs_the_same_path_as_serving(demo_server, tmp_path, fr
     with single_threaded_torch():
         invoker = handler.model_fn(str(model_dir))
         assert invoker.engine.status().loaded
-        invocation = handler.input_fn(json.dumps(payload).encode(), "application/json")
-        body, content_type = handler.output_fn(handler.predict_fn(invocation, invoker), "application/json")
+        body, content_type = handler.transform_fn(
+            invoker, json.dumps(payload).encode(), "application/json", "application/json"
+        )
     assert content_type == "application/json"
     answer = json.loads(body)
     assert answer["seeds"] == [3, 4]
@@ -248,9 +249,9 @@ def test_toolkit_handler_runs_the_same_path_as_serving(demo_server, tmp_path, fr
     served = post(demo_server.url, payload).json()["generated_images"]
     assert [decode_png(t).tobytes() for t in answer["generated_images"]] == [decode_png(t).tobytes() for t in served]
 
-    with pytest.raises(RequestError) as caught:
-        handler.input_fn(b'{"prompt": "x", "steps": 0}', "application/json")
-    assert caught.value.field == "steps"
+    with pytest.raises(Exception) as caught:  # noqa: B017 - no request context: the toolkit's error type
+        handler.transform_fn(invoker, b'{"prompt": "x", "steps": 0}', "application/json", None)
+    assert caught.value.status_code == 400 and json.loads(caught.value.message)["field"] == "steps"
 
 
 def test_toolkit_refuses_s3_locations_outside_the_allowed_prefixes_through_boto3(aws, fresh_toolkit, monkeypatch):
@@ -269,10 +270,12 @@ def test_toolkit_refuses_s3_locations_outside_the_allowed_prefixes_through_boto3
         ({**base, "input_image": "s3://secret/a.png"}, "input_image"),
         ({**base, "input_image": "s3://inputs/ok/a.png", "s3_output": "s3://secret/out/"}, "s3_output"),
     ):
-        with pytest.raises(RequestError) as caught:  # outside the DLC the toolkit's own error class is absent
-            fresh_toolkit.input_fn(json.dumps(payload).encode(), "application/json")
+        with pytest.raises(RequestError) as caught:  # the decoder the handlers use, before model_fn has run
+            fresh_toolkit.decode_request(json.dumps(payload).encode(), "application/json")
         assert caught.value.field == field and "STUDIO_S3_ALLOWED_PREFIXES" in str(caught.value)
-    invocation = fresh_toolkit.input_fn(json.dumps({**base, "input_image": "s3://inputs/ok/a.png"}), "application/json")
+    invocation = fresh_toolkit.decode_request(
+        json.dumps({**base, "input_image": "s3://inputs/ok/a.png"}), "application/json"
+    )
     assert invocation.request.image.size == (64, 64)
     assert [o["Key"] for o in s3.list_objects_v2(Bucket="secret")["Contents"]] == ["a.png"]  # nothing written
 
@@ -313,10 +316,11 @@ def test_toolkit_runs_as_a_standalone_code_inference_py(tmp_path):
         "assert inference.__file__.endswith('code/inference.py')\n"
         "assert sys.modules['studio'].__file__.startswith(sys.argv[1])\n"
         "try:\n"
-        "    inference.input_fn(json.dumps({'prompt': 'x', 'input_image': 's3://secret/a.png'}), 'application/json')\n"
+        "    body = json.dumps({'prompt': 'x', 'input_image': 's3://secret/a.png'})\n"
+        "    inference.decode_request(body, 'application/json')\n"
         "except Exception as exc:\n"
         "    print(type(exc).__name__, exc.field, exc)\n"
-        'invocation = inference.input_fn(b\'{"prompt": "x", "steps": 3}\', \'application/json\')\n'
+        'invocation = inference.decode_request(b\'{"prompt": "x", "steps": 3}\', \'application/json\')\n'
         "print(invocation.request.steps, sorted(m for m in ('torch', 'boto3', 'fastapi') if m in sys.modules))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STUDIO_", "PYTHON"))}
@@ -338,8 +342,7 @@ def test_toolkit_model_fn_runs_openvino_when_asked(tmp_path, fresh_toolkit, monk
         invoker = fresh_toolkit.model_fn(str(_model_dir(tmp_path)))
         status = invoker.engine.status()
         assert status.loaded and "openvino" in json.dumps(status.details).lower()
-        invocation = fresh_toolkit.input_fn(json.dumps({**VALID, "count": 1}), "application/json")
-        body, _ = fresh_toolkit.output_fn(fresh_toolkit.predict_fn(invocation, invoker), "application/json")
+        body, _ = fresh_toolkit.transform_fn(invoker, json.dumps({**VALID, "count": 1}), "application/json", None)
     assert decode_png(json.loads(body)["images"][0]).size == (64, 64)
 
 

@@ -1,7 +1,7 @@
 """model.tar.gz works as the SageMaker PyTorch inference container uses it.
 
 The tarball is extracted to a temp folder (standing in for /opt/ml/model) and a fresh Python process, whose only
-path to our code is the extracted code/ folder, runs model_fn → input_fn → predict_fn → output_fn on the demo model.
+path to our code is the extracted code/ folder, runs model_fn → transform_fn on the demo model.
 """
 
 from __future__ import annotations
@@ -205,9 +205,7 @@ RUNNER = textwrap.dedent(
     model = inference.model_fn(model_dir)
     models_dir = str(getattr(model.engine, "models_dir", ""))
     request = {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 2, "seed": 1234}
-    data = inference.input_fn(json.dumps(request), "application/json")
-    prediction = inference.predict_fn(data, model)
-    body = inference.output_fn(prediction, "application/json")
+    body = inference.transform_fn(model, json.dumps(request), "application/json", "application/json")
     content_type = "application/json"
     if isinstance(body, tuple):
         body, content_type = body

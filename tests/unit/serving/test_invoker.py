@@ -179,3 +179,19 @@ def test_invoker_and_toolkit_import_no_web_framework_torch_or_boto3():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_prompt_list_makes_n_times_k_images_in_prompt_order():
+    engine = FakeEngine(loaded=True)
+    invoker = Invoker(engine, ServingSettings(), s3_client=FakeS3())
+    payload = {"prompt": ["a panda", "an astronaut"], "height": 64, "width": 64, "num_images_per_prompt": 2}
+    invocation = invoker.decode({**payload, "seed": 100})
+    body = invoker.encode(invocation, invoker.generate(invocation))
+    assert len(body["generated_images"]) == 4 and body["seeds"] == [100, 101, 102, 103]
+    assert [text.split("\n")[0] for text in body["infotexts"]] == ["a panda"] * 2 + ["an astronaut"] * 2
+    assert [(r.prompt, r.count, r.seed) for r in engine.requests] == [("a panda", 2, 100), ("an astronaut", 2, 102)]
+    assert body["dialect"] == "hf_dlc"
+    # a random seed is resolved once, so the images still have consecutive seeds
+    body = invoker.encode(*(lambda inv: (inv, invoker.generate(inv)))(invoker.decode(payload)))
+    first = body["seeds"][0]
+    assert body["seeds"] == [first, first + 1, first + 2, first + 3]

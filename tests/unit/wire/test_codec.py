@@ -328,3 +328,66 @@ def test_bad_input_names_the_field(payload, field, words):
     assert caught.value.field == field
     assert str(caught.value).startswith(f"{field}: ")
     assert words in str(caught.value)
+
+
+# ---- dialect detection rules (studio.wire.dialects) and prompt lists -------------------------------------------
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        # BYOC's text-to-image payload without `results`: only keys every dialect sends -> native, not HF-DLC
+        ({"prompt": "p", "guidance_scale": 7, "num_inference_steps": 2, "height": 64, "width": 64}, Dialect.NATIVE),
+        ({"prompt": "p", "num_inference_steps": 2, "results": 1}, Dialect.BYOC),
+        ({"prompt": "p", "img": png_b64(gradient(64, 64)), "height": 64, "width": 64}, Dialect.BYOC),
+        ({"prompt": ["a", "b"], "num_images_per_prompt": 1}, Dialect.HF_DLC),
+        ({"prompt": ["a", "b"], "height": 64, "width": 64}, Dialect.NATIVE),  # a list alone decides nothing
+        ({"inputs": "a"}, Dialect.HF_DLC),
+        ({"prompt": "p", "output_s3uri": "s3://bucket/out/"}, Dialect.QUICK_KIT),
+        ({"prompt": "p", "sampler": "dpm2_a", "steps": 2}, Dialect.QUICK_KIT),
+        ({"prompt": "p", "sampler": "Euler a", "steps": 2, "count": 2}, Dialect.NATIVE),
+        ({"prompt": "p", "results": 1, "num_images_per_prompt": 1}, Dialect.NATIVE),  # two dialects' marks
+        ({"prompt": "p", "results": 1, "dialect": "hf_dlc"}, Dialect.HF_DLC),  # explicit wins
+    ],
+)
+def test_dialect_detection_rules(payload, expected):
+    assert codec.detect_dialect(payload) is expected
+    decode(payload)  # every one of them decodes
+
+
+def test_every_answer_names_its_dialect():
+    result = result_for(GenerationRequest(prompt="x", width=64, height=48, count=1, seed=1))
+    for dialect in Dialect:
+        assert codec.encode_result(result, dialect)["dialect"] == dialect.value
+
+
+def test_hf_dlc_sample_prompt_list_gives_one_request_per_prompt_in_order():
+    payload = {
+        "prompt": ["A cute panda is sitting on the sofa", "a photograph of an astronaut riding a horse"],
+        "height": 64,
+        "width": 64,
+        "num_images_per_prompt": 2,
+        "negative_prompt": ["blurry", "ugly"],
+        "seed": 10,
+    }
+    invocation = codec.decode_invocation(payload)
+    assert invocation.dialect is Dialect.HF_DLC and invocation.request.count == 4 and invocation.per_prompt == 2
+    requests = invocation.requests()
+    assert [(r.prompt, r.negative_prompt, r.count, r.seed) for r in requests] == [
+        ("A cute panda is sitting on the sofa", "blurry", 2, 10),
+        ("a photograph of an astronaut riding a horse", "ugly", 2, 12),
+    ]
+    native = codec.decode_invocation({"prompt": ["a", "b", "c"], "count": 1, "negative_prompt": "n", "seed": 1})
+    assert native.dialect is Dialect.NATIVE and [r.negative_prompt for r in native.requests()] == ["n"] * 3
+    assert [r.seed for r in native.requests()] == [1, 2, 3]
+
+
+def test_prompt_list_count_limit_names_both_numbers_and_random_seed_is_resolved_once():
+    with pytest.raises(RequestError, match=r"^num_images_per_prompt: 3 prompts x 3 images per prompt = 9 images"):
+        codec.decode_invocation({"prompt": ["a", "b", "c"], "num_images_per_prompt": 3}, limits=Limits(max_count=8))
+    assert codec.decode_invocation({"prompt": ["a", "b"], "count": 4}, limits=Limits(max_count=8)).request.count == 8
+    random_seed = codec.decode_invocation({"prompt": ["a", "b"]})
+    with pytest.raises(RequestError, match="^seed: "):
+        random_seed.requests()
+    resolved = random_seed.with_resolved_seed().requests()
+    assert resolved[1].seed == resolved[0].seed + 1
+    with pytest.raises(RequestError, match="^prompt: "):  # every prompt of the list is checked, not only the first
+        codec.decode_invocation({"prompt": ["ok", "x" * 30]}, limits=Limits(max_prompt_chars=10))
