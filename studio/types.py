@@ -79,6 +79,10 @@ def _require_float(name: str, value: Any) -> float:
 AUTOMATIC = "Automatic"  # the schedule type / VAE that the sampler / model brings with it (A1111's word)
 MAX_CLIP_SKIP = 12
 MAX_HIRES_SCALE = 8.0
+# Inpaint "Masked content" (A1111's labels, in the order of its API's `inpainting_fill` 0-3): what the masked area
+# starts from — its surroundings' colours, the original image, random latent noise, or zero latents.
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+MAX_INPAINT_PADDING = 2048  # pixels around the mask ("Only masked padding")
 
 
 def _floor8(value: float) -> int:
@@ -94,6 +98,9 @@ class GenerationRequest:
     (resolved by `with_resolved_seed()` and reported back). Mask: white = repaint.
     The prompt may use A1111's syntax: `(word:1.3)`, `[word]`, `BREAK`, `<lora:name:weight>` tags.
     Hires fix (text to image only) is on when `hires_scale` > 1 or a `hires_resize_x`/`_y` is given.
+    Inpainting: `inpaint_only_masked` (A1111's "Only masked") inpaints a crop around the mask, `inpaint_padding`
+    pixels wider, at width x height and pastes it back (the result keeps the input image's size);
+    `masked_content` is what the masked area starts from (MASKED_CONTENT).
     """
 
     prompt: str
@@ -118,6 +125,9 @@ class GenerationRequest:
     hires_upscaler: str = "Latent"
     hires_steps: int = 0  # 0 = the same as steps
     hires_strength: float = 0.7  # denoising strength of the second pass
+    inpaint_only_masked: bool = False  # False: inpaint the whole picture at width x height
+    inpaint_padding: int = 32  # pixels added around the mask's box with inpaint_only_masked
+    masked_content: str = "original"  # one of MASKED_CONTENT
 
     @property
     def task(self) -> Task:
@@ -180,6 +190,7 @@ class GenerationRequest:
         normalised = dataclasses.replace(self, sampler=sampler, scheduler=scheduler, **numbers)
         _check_images(normalised)
         _check_hires(normalised, limits)
+        _check_inpaint(normalised)
         return normalised
 
 
@@ -219,7 +230,7 @@ def _check_numbers(request: GenerationRequest, limits: Limits) -> dict[str, Any]
     ints = {
         name: _require_int(name, getattr(request, name))
         for name in ("steps", "seed", "width", "height", "count", "mask_blur", "clip_skip")
-        + ("hires_resize_x", "hires_resize_y", "hires_steps")
+        + ("hires_resize_x", "hires_resize_y", "hires_steps", "inpaint_padding")
     }
     floats = {
         name: _require_float(name, getattr(request, name))
@@ -237,6 +248,7 @@ def _check_numbers(request: GenerationRequest, limits: Limits) -> dict[str, Any]
     _in_range("clip_skip", ints["clip_skip"], 1, MAX_CLIP_SKIP)
     _in_range("hires_scale", floats["hires_scale"], 1.0, MAX_HIRES_SCALE)
     _in_range("hires_steps", ints["hires_steps"], 0, limits.max_steps)
+    _in_range("inpaint_padding", ints["inpaint_padding"], 0, MAX_INPAINT_PADDING)
     for name in ("hires_resize_x", "hires_resize_y"):
         if ints[name] < 0 or ints[name] % 8:
             raise RequestError(name, ints[name], f"must be 0 (off) or a positive multiple of 8, got {ints[name]}")
@@ -281,6 +293,24 @@ def _check_hires(request: GenerationRequest, limits: Limits) -> None:
     _check_size(width, height, limits, field_name, what="the hires fix size")
 
 
+def _check_inpaint(request: GenerationRequest) -> None:
+    """The inpaint options: well-formed, and only given (non-default) when there is a mask to inpaint."""
+    only_masked = request.inpaint_only_masked
+    if not isinstance(only_masked, bool):
+        raise RequestError("inpaint_only_masked", only_masked, f"must be true or false, got {_short(only_masked)}")
+    if request.masked_content not in MASKED_CONTENT:
+        raise RequestError(
+            "masked_content",
+            request.masked_content,
+            f"must be one of {', '.join(MASKED_CONTENT)}, got {_short(request.masked_content)}",
+        )
+    if request.task is not Task.INPAINT:
+        for name in ("inpaint_only_masked", "masked_content"):
+            value, default = getattr(request, name), _DEFAULTS[name]
+            if value != default:
+                raise RequestError(name, value, "applies to inpainting only (no mask was given)")
+
+
 @dataclass
 class GenerationResult:
     """What an engine returns: images in order with their seeds and A1111 infotexts.
@@ -311,3 +341,6 @@ class GenerationResult:
             "warnings": list(self.warnings),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationRequest)}

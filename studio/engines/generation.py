@@ -30,7 +30,7 @@ from PIL import Image
 
 from studio import metadata, prompts
 from studio.engine import CancelToken, EngineError, GenerationCancelled, ProgressCallback
-from studio.engines import conditioning, hires
+from studio.engines import conditioning, hires, inpaint
 from studio.engines.adapters import LoraSet, VaeCache
 from studio.models.vae import vae_hash
 from studio.samplers import make_scheduler
@@ -59,6 +59,7 @@ class Prepared:
     vae: AutoencoderKL | None = None  # None: the model's own
     vae_name: str | None = None
     vae_hash: str | None = None
+    inpaint: inpaint.InpaintPlan | None = None  # how inpaint results are pasted back (inpaint requests only)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -94,14 +95,16 @@ class Generation:
         prompt, tags = prompts.extract_loras(request.prompt, "prompt")
         negative, negative_tags = prompts.extract_loras(request.negative_prompt, "negative_prompt")
         conditioning.check_clip_skip(pipe, request.clip_skip)
+        task_args, inpaint_plan = _task_args(pipe, request, warnings)
         prepared = Prepared(
             request=request,
             pipe=pipe,
             prompt=prompt,
             negative_prompt=negative,
             loras=_merge_tags(tags + negative_tags),
-            task_args=_task_args(pipe, request, warnings),
+            task_args=task_args,
             steps_per_image=_expected_steps(request),
+            inpaint=inpaint_plan,
             warnings=warnings,
         )
         if request.hires:
@@ -182,15 +185,15 @@ class _ImageRunner:
     def image(self, index: int, seed: int) -> Image.Image:
         if self.cancel is not None and self.cancel.is_set():
             raise GenerationCancelled(f"stopped after {index} of {self.count} images", partial=self.result)
-        prepared, request = self.prepared, self.prepared.request
+        prepared = self.prepared
         offset = index * prepared.steps_per_image
         plan = prepared.hires
         if plan is None:
-            array = self._pass(prepared.pipe, index, seed, offset, dict(prepared.task_args), "np")
+            latent_fill = prepared.inpaint.latent_fill if prepared.inpaint is not None else None
+            array = self._pass(prepared.pipe, index, seed, offset, dict(prepared.task_args), "np", latent_fill)
             image = _to_pil(array)
-            if request.task is Task.INPAINT:
-                args = prepared.task_args
-                image = prepared.pipe.image_processor.apply_overlay(args["mask_image"], args["image"], image)
+            if prepared.inpaint is not None:
+                image = inpaint.paste_back(prepared.pipe, prepared.inpaint, image)
             return image
         first = self._pass(prepared.pipe, index, seed, offset, plan.first_pass_args(), None)
         upscaled = hires.upscale(plan, first, prepared.upscale_model)
@@ -206,8 +209,10 @@ class _ImageRunner:
         offset: int,
         args: dict[str, Any],
         output_type: str | None,
+        latent_fill: str | None = None,
     ) -> Any:
-        """One denoising pass with a light per-call pipeline; returns the output images (np) or latents."""
+        """One denoising pass with a light per-call pipeline; returns the output images (np) or latents.
+        `latent_fill`: the inpaint masked-content mode that replaces the masked latents (studio.engines.inpaint)."""
         request = self.prepared.request
         call_pipe = call_pipeline(
             pipe, make_scheduler(request.sampler, request.scheduler, pipe.scheduler.config), vae=self.prepared.vae
@@ -217,12 +222,16 @@ class _ImageRunner:
         args.setdefault("num_inference_steps", request.steps)
         if output_type is not None:
             args["output_type"] = output_type
+        generator = torch.Generator("cpu").manual_seed(seed)
         try:
             with torch.inference_mode():
+                if latent_fill is not None:
+                    dtype = self.embeds["prompt_embeds"].dtype
+                    args.update(inpaint.masked_latents(call_pipe, args, generator, seed, latent_fill, dtype))
                 output = call_pipe(
                     **self.embeds,
                     guidance_scale=request.cfg_scale,
-                    generator=torch.Generator("cpu").manual_seed(seed),
+                    generator=generator,
                     callback_on_step_end=self._on_step(offset, last),
                     callback_on_step_end_tensor_inputs=["latents"],
                     **args,
@@ -262,11 +271,14 @@ def _merge_tags(tags: list[prompts.LoraTag]) -> list[prompts.LoraTag]:
     return list(merged.values())
 
 
-def _task_args(pipe: DiffusionPipeline, request: GenerationRequest, warnings: list[str]) -> dict[str, Any]:
-    """Pipeline keyword arguments specific to the task (prepared images and mask)."""
+def _task_args(
+    pipe: DiffusionPipeline, request: GenerationRequest, warnings: list[str]
+) -> tuple[dict[str, Any], inpaint.InpaintPlan | None]:
+    """Pipeline keyword arguments specific to the task (prepared images and mask), and for inpainting the plan to
+    paste the results back."""
     size = (request.width, request.height)
     if request.task is Task.TXT2IMG:
-        return {"width": request.width, "height": request.height}
+        return {"width": request.width, "height": request.height}, None
     effective = int(request.steps * request.strength)
     if effective < 1:
         raise RequestError(
@@ -274,21 +286,13 @@ def _task_args(pipe: DiffusionPipeline, request: GenerationRequest, warnings: li
             request.strength,
             f"{request.steps} steps x strength {request.strength:g} leaves no denoising step; raise steps or strength",
         )
+    if request.task is Task.INPAINT:
+        return inpaint.prepare(pipe, request, warnings)
     image = request.image.convert("RGB")
     if image.size != size:
         warnings.append(f"image: resized from {image.width}x{image.height} to {request.width}x{request.height}")
         image = image.resize(size, resample=Image.Resampling.LANCZOS)
-    if request.task is Task.IMG2IMG:
-        return {"image": image, "strength": request.strength}
-    mask = request.mask.convert("L")
-    if mask.size != size:
-        warnings.append(f"mask: resized from {mask.width}x{mask.height} to {request.width}x{request.height}")
-        mask = mask.resize(size, resample=Image.Resampling.LANCZOS)
-    if mask.getextrema()[1] == 0:
-        raise RequestError("mask", "empty", "is empty (all black): paint the area to repaint in white")
-    if request.mask_blur:
-        mask = pipe.mask_processor.blur(mask, blur_factor=request.mask_blur)
-    return {"image": image, "mask_image": mask, "strength": request.strength, "width": size[0], "height": size[1]}
+    return {"image": image, "strength": request.strength}, None
 
 
 def call_pipeline(

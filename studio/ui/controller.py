@@ -1,4 +1,5 @@
-"""StudioController: what the UI handlers call. Holds the active engine, the output store and Stop tokens.
+"""StudioController: what the UI handlers (and the A1111 API) call. Holds the active engine, the output store and the
+job tracker (studio.jobs) that queues every generation, reports its progress and stops it.
 
 It sees engines only through the studio.engine protocol; app.py injects the function that builds engines for the
 backend switch and the functions that list models, LoRA, VAE and upscaler files, so this module never imports torch,
@@ -17,6 +18,7 @@ from typing import Any
 
 from studio.engine import Engine, EngineError, EngineStatus, ProgressCallback
 from studio.gallery import OutputStore
+from studio.jobs import Job, JobTracker
 from studio.types import GenerationRequest, GenerationResult
 
 logger = logging.getLogger(__name__)
@@ -38,41 +40,49 @@ class StudioController:
     list_vaes: Callable[[], list[str]] = field(default=lambda: [])
     list_upscalers: Callable[[], list[str]] = field(default=lambda: [])
     notices: list[str] = field(default_factory=list)  # shown to each browser on page load (e.g. running endpoints)
-    _tokens: dict[str, threading.Event] = field(default_factory=dict, init=False)
+    # The engine's queue, shared with the A1111 API (studio.serving.sdapi): one job at a time, its progress, Stop.
+    jobs: JobTracker = field(default_factory=JobTracker)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def generate(
-        self, request: GenerationRequest, session: str = "", on_progress: ProgressCallback | None = None
+        self,
+        request: GenerationRequest,
+        session: str = "",
+        on_progress: ProgressCallback | None = None,
+        *,
+        save: bool = True,
+        job: Job | None = None,
     ) -> GenerationResult:
-        """Run the request on the active engine and save every image before returning it.
+        """Run the request on the active engine and (with `save`) save every image before returning it.
 
-        On Stop or a failure part-way, the images finished before it are saved too (the error carries them).
+        The run waits its turn in `jobs` unless `job` is given (a caller already holding the engine, e.g. an A1111
+        request with several batches). On Stop or a failure part-way, the images finished before it are saved too
+        (the error carries them).
         """
-        token = threading.Event()
+        if job is None:
+            with self.jobs.run(request.task.value, session=session) as own:
+                return self._run(own, request, on_progress, save)
+        return self._run(job, request, on_progress, save)
+
+    def _run(
+        self, job: Job, request: GenerationRequest, on_progress: ProgressCallback | None, save: bool
+    ) -> GenerationResult:
         with self._lock:
-            self._tokens[session] = token
             engine = self.engine
         try:
-            result = engine.generate(request, on_progress=on_progress, cancel=token)
+            result = engine.generate(request, on_progress=job.on_progress(on_progress), cancel=job.cancel)
         except EngineError as err:  # GenerationCancelled included
-            if err.partial is not None and err.partial.images:
+            if save and err.partial is not None and err.partial.images:
                 self.store.save(err.partial)
             raise
-        finally:
-            with self._lock:
-                if self._tokens.get(session) is token:
-                    del self._tokens[session]
-        self.store.save(result)
+        if save:
+            self.store.save(result)
         return result
 
     def stop(self, session: str = "") -> bool:
-        """Ask this session's running generation to stop between steps. False when nothing was running."""
-        with self._lock:
-            token = self._tokens.get(session)
-        if token is None:
-            return False
-        token.set()
-        return True
+        """Ask this session's generation to stop between steps (or before it starts, if it still waits for the
+        engine). False when the session has nothing running."""
+        return self.jobs.interrupt(session)
 
     def status(self) -> EngineStatus:
         return self.engine.status()
