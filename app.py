@@ -204,8 +204,22 @@ def launch(settings: Settings, *, prevent_thread_lock: bool = False) -> tuple[gr
         **hosted.launch_kwargs,
     )
     hosting.check_share_link(blocks, settings)
+    mount_api(blocks, controller, settings)
     hosted.announce()  # the URL to open behind a SageMaker proxy; a warning when exposed without TLS
     return blocks, controller
+
+
+def mount_api(blocks: gr.Blocks, controller: StudioController, settings: Settings) -> None:
+    """AUTOMATIC1111's HTTP API (/sdapi/v1) on the studio's own port, on the UI's engine queue (unless --no-api);
+    with --auth it asks for the same credentials, by HTTP Basic (A1111's --api-auth)."""
+    if not settings.api:
+        return
+    from studio.sdapi import SdapiService, StudioHost
+    from studio.serving.sdapi import build_router, install
+
+    service = SdapiService(StudioHost(controller, settings.limits, settings.engine.models_dir))
+    install(blocks.app, build_router(service, credentials=parse_auth(settings.auth)))
+    logger.info("A1111-compatible API at /sdapi/v1%s", " (HTTP Basic, the --auth credentials)" if settings.auth else "")
 
 
 def warn_about_running_endpoints(controller: StudioController) -> None:

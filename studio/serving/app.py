@@ -5,6 +5,8 @@ studio runs (built by studio.engines.build), so a seed gives the same image loca
 `/ping` answers 200 only once the model is loaded (it loads in a background thread at startup), 503 while
 loading or after a failed load. Errors are JSON {"error": ...}: 400 for bad input (naming the field),
 413 for an oversized body, 503 when not ready, 500 with the engine's message. Never 200 without images.
+The same app also speaks AUTOMATIC1111's API (`/sdapi/v1`, studio.serving.sdapi) on the same engine, and publishes
+its OpenAPI description at /openapi.json.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from starlette.requests import ClientDisconnect
 from studio.config import ServingSettings, load_serving_settings
 from studio.engine import Engine, EngineError
 from studio.serving.invoker import Invoker, error_body, error_status, parse_json_body
+from studio.serving.schema import invocation_openapi
 from studio.types import RequestError
 from studio.wire.codec import Invocation
 
@@ -59,11 +62,21 @@ def create_app(
     engine.load() runs in a background thread at startup. `s3_client`: a boto3 S3 client or factory."""
     settings = settings or load_serving_settings([])
     invoker = Invoker(engine, settings, s3_client=s3_client)
-    app = FastAPI(title="SD Studio serving", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="SD Studio serving", lifespan=_lifespan, docs_url=None, redoc_url=None)
     app.state.serving = ServingState(invoker=invoker, max_body_bytes=settings.max_body_bytes, load_on_start=load)
     app.state.invoker = invoker
     app.include_router(router)
+    app.include_router(_sdapi_router(engine, settings))
     return app
+
+
+def _sdapi_router(engine: Engine, settings: ServingSettings) -> APIRouter:
+    """The A1111 API on this engine (its own queue for API jobs; no outputs folder here)."""
+    from studio.sdapi import EngineHost, SdapiService
+    from studio.serving.sdapi import build_router
+
+    host = EngineHost(engine, settings.limits, settings.engine.models_dir)
+    return build_router(SdapiService(host), max_body_bytes=settings.max_body_bytes)
 
 
 @asynccontextmanager
@@ -103,7 +116,7 @@ def ping(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.post("/invocations")
+@router.post("/invocations", openapi_extra=invocation_openapi())
 async def invocations(request: Request) -> JSONResponse:
     state: ServingState = request.app.state.serving
     started = time.perf_counter()
