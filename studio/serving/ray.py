@@ -14,8 +14,13 @@ Run it:
 
 Scaling: `autoscaling_config` {min_replicas (0 allowed: the first request starts one), max_replicas,
 target_ongoing_requests}; `ray_actor_options` reserve one GPU per replica on a GPU cluster (or --device cuda), else
-`replica_cpus` CPUs. A replica being stopped by Serve (scale-down, redeploy) finishes its running requests first
-(graceful_shutdown_timeout_s); a replica that dies mid-request fails that request with a 5xx from Serve's proxy.
+`replica_cpus` CPUs.
+
+Stopping replicas: one Serve stops (scale-down, redeploy) finishes its running requests first
+(graceful_shutdown_timeout_s). One that dies mid-request (killed, OOM, node lost) would leave Ray's proxy answering a
+bare "500 Internal Server Error"; with the proxy middleware (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
+studio.serving.ray:proxy_middlewares, set by the CLI for its local Ray and in deploy/ray) such a request is replayed
+on another replica, and only if that is lost too does the client get a 503 with a JSON message saying so.
 """
 
 from __future__ import annotations
