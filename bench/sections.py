@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core import Stats, interleave, percentile, run_worker, timed
+from bench.ray_ import ray_serve_section
 
 logger = logging.getLogger(__name__)
 
@@ -403,6 +404,7 @@ SECTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "peak_rss": peak_rss,
     "gradio": gradio,
     "async_remote": async_remote,
+    "ray_serve": ray_serve_section,
 }
 
 

@@ -481,6 +481,7 @@ def openvino_accuracy(precisions: list[str], size: int, steps: int) -> dict[str,
 
 
 from bench.a1111 import a1111_cost, lora_rss  # noqa: E402  (they use this module's helpers)
+from bench.ray_ import ray_serve  # noqa: E402
 
 TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     "a1111_cost": a1111_cost,
@@ -491,6 +492,7 @@ TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     "peak_rss": peak_rss,
     "openvino_speed": openvino_speed,
     "openvino_accuracy": openvino_accuracy,
+    "ray_serve": ray_serve,
 }
 
 
