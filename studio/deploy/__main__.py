@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import studio.deploy
+from studio.deploy import cli_extras
 from studio.deploy.create import create
 from studio.deploy.delete import delete
 from studio.deploy.inventory import TABLE_HEADERS, list_endpoints, status
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     create_p.add_argument("--image", help="container image URI (default: the AWS PyTorch inference DLC)")
     create_p.add_argument("--region")
     _add_extra_files(create_p)
+    cli_extras.add_create_flags(create_p)
     create_p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     create_p.add_argument("--poll-seconds", type=float, default=15.0, help=argparse.SUPPRESS)
 
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete_p.add_argument("--name", required=True)
     delete_p.add_argument("--region")
     delete_p.add_argument("--delete-artifacts", action="store_true", help="also delete the uploaded model files")
+    cli_extras.add_delete_flags(delete_p)
     delete_p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     delete_p.add_argument("--poll-seconds", type=float, default=10.0, help=argparse.SUPPRESS)
 
@@ -107,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     package_p.add_argument("--model", required=True)
     package_p.add_argument("--out", default="model.tar.gz")
     _add_extra_files(package_p)
+    cli_extras.add_wheel_flags(package_p)
+    cli_extras.add_build_image_parser(sub)
     return parser
 
 
@@ -126,18 +131,18 @@ def run_create(args: argparse.Namespace) -> int:
         loras=args.lora,
         vaes=args.vae,
         models_dir=args.models_dir,
+        **cli_extras.plan_options(args),
     ).validate()
     _print(f"Deploying {plan.model} as {plan.mode} endpoint {plan.name!r} in {plan.region}")
     for path, arcname in plan.extra_files():
         _print(f"  with {arcname} ({path})")
+    cli_extras.describe_plan(plan, _print)
     _print(describe_price(plan.instance_type, plan.mode, plan.min_instances, plan.max_instances))
     if not args.yes and not _confirm("Create it?"):
         _print("Not confirmed; nothing was created.")
         return 3
     result = create(plan, _print_progress, poll_seconds=args.poll_seconds)
-    _print(
-        f"Endpoint {result.endpoint_name} is ready. Use it with: --backend sagemaker --endpoint {result.endpoint_name}"
-    )
+    _print(cli_extras.ready_message(result))
     return 0
 
 
@@ -170,13 +175,23 @@ def run_delete(args: argparse.Namespace) -> int:
     if not args.yes and not _confirm(f"Delete endpoint {args.name!r} and everything created for it?"):
         _print("Not confirmed; nothing was deleted.")
         return 3
-    report = delete(args.name, args.delete_artifacts, args.region, _print_progress, poll_seconds=args.poll_seconds)
+    repo = (args.repo or cli_extras.build_repository(args.name, args.region)) if args.all_artifacts else None
+    artifacts = args.delete_artifacts or args.all_artifacts
+    report = delete(args.name, artifacts, args.region, _print_progress, poll_seconds=args.poll_seconds)
     _print(report.summary())
-    return 0 if report.ok else 1
+    built_ok = cli_extras.delete_build(repo, args.region, _print, _print_progress) if args.all_artifacts else True
+    return 0 if report.ok and built_ok else 1
 
 
 def run_package(args: argparse.Namespace) -> int:
-    plan = DeployPlan(name="package", model=args.model, loras=args.lora, vaes=args.vae, models_dir=args.models_dir)
+    plan = DeployPlan(
+        name="package",
+        model=args.model,
+        loras=args.lora,
+        vaes=args.vae,
+        models_dir=args.models_dir,
+        **cli_extras.plan_options(args),
+    )
     plan.validate_offline()
     path = package_model(plan, args.out)
     _print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -184,6 +199,7 @@ def run_package(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"create": run_create, "status": run_status, "list": run_list, "delete": run_delete, "package": run_package}
+COMMANDS["build-image"] = lambda args: cli_extras.run_build_image(args, _print, _print_progress)
 
 
 def main(argv: list[str] | None = None) -> int:

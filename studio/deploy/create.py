@@ -2,7 +2,12 @@
 
 `create()` validates the plan, then runs one function per step. Each step pushes an undo action for what it
 created onto the run's `Rollback`; when a later step fails (or the run is interrupted), everything this run created
-is removed again, newest first, and DeployError names the failed step.
+is removed again, newest first (unless the plan says keep_on_failure), and DeployError names the failed step.
+
+The last step, "verify", is the smoke test (studio.deploy.verify): one tiny request must come back with an image
+before the endpoint is reported ready; its failure shows the container's last CloudWatch log lines and rolls back
+like any other step. `plan.verify=False` (`--skip-verify`) skips it with a warning (for emulators such as moto,
+whose invoke answers are canned).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from studio.deploy.delete import delete_endpoint_and_wait
 from studio.deploy.package import model_environment, package_model
 from studio.deploy.plan import S3_ARCHIVE, DeployError, DeployPlan, ProgressCallback, resolve_region
 from studio.deploy.resources import TAG_ARTIFACTS, TAG_KEY, VARIANT, resource_name, s3_join, stamp, tags
+from studio.deploy.verify import container_logs, log_group, verify_endpoint
 from studio.models import ModelKind
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,7 @@ class DeployResult:
     async_output_path: str | None = None
     async_failure_path: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    verified: bool = False  # the smoke test got an image back (False: skipped)
 
 
 class Rollback:
@@ -144,7 +151,11 @@ def create(
     with tempfile.TemporaryDirectory(prefix="sd-studio-deploy-") as tmp:
         run = CreateRun(plan, session, say, Rollback(say), stamp(), Path(tmp), poll_seconds, timeout_seconds)
         _run_steps(run)
-    say("done", f"endpoint {plan.name} is InService ({time.monotonic() - started:.0f} s)")
+    elapsed = time.monotonic() - started
+    if run.result.verified:
+        say("done", f"endpoint {plan.name} is InService and generated the smoke-test image ({elapsed:.0f} s)")
+    else:
+        say("done", f"endpoint {plan.name} is InService, NOT verified ({elapsed:.0f} s)")
     return run.result
 
 
@@ -167,25 +178,44 @@ def _run_steps(run: CreateRun) -> None:
             action(run)
             run.result.seconds[step] = time.monotonic() - started
     except BaseException as exc:
-        error = _roll_back(run, step, exc)
+        error = _kept(run, step, exc) if run.plan.keep_on_failure else _roll_back(run, step, exc)
         if error is None:
             raise  # KeyboardInterrupt and the like: rolled back, now let it through unchanged
         raise error from exc
 
 
-def _roll_back(run: CreateRun, step: str, exc: BaseException) -> DeployError | None:
-    """Undo what the run created and say so; the DeployError to raise (None: re-raise `exc` unchanged)."""
+def _failure_message(step: str, exc: BaseException) -> str | None:
+    """The user's message for a failed step (None: not an error to report, e.g. KeyboardInterrupt)."""
     from botocore.exceptions import ClientError
 
+    if isinstance(exc, DeployError):
+        return exc.message if exc.step == step else str(exc)
+    if isinstance(exc, ClientError):
+        return f"{aws.error_code(exc)}: {aws.error_message(exc)}"
+    if isinstance(exc, Exception):  # BotoCoreError, OSError, ... and bugs: still a clear, step-named error
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _kept(run: CreateRun, step: str, exc: BaseException) -> DeployError | None:
+    """keep_on_failure: nothing is rolled back; say what is left and how to remove it."""
+    message = _failure_message(step, exc)
+    kept = ", ".join(description for description, _ in run.rollback.actions) or "nothing"
+    run.rollback.actions.clear()
+    if message is None:
+        return None
+    hint = f"kept for inspection (--keep-on-failure): {kept}; remove it with python -m studio.deploy delete --name "
+    run.say(step, f"FAILED: {message}")
+    run.say(step, hint + run.plan.name)
+    return DeployError(step, f"{message}\n  {hint}{run.plan.name}")
+
+
+def _roll_back(run: CreateRun, step: str, exc: BaseException) -> DeployError | None:
+    """Undo what the run created and say so; the DeployError to raise (None: re-raise `exc` unchanged)."""
     failed = run.rollback.run() if run.rollback.actions else []
     left = f"; could not remove: {', '.join(failed)}" if failed else ""
-    if isinstance(exc, DeployError):
-        message = exc.message if exc.step == step else str(exc)
-    elif isinstance(exc, ClientError):
-        message = f"{aws.error_code(exc)}: {aws.error_message(exc)}"
-    elif isinstance(exc, Exception):  # BotoCoreError, OSError, ... and bugs: still a clear, step-named error
-        message = f"{type(exc).__name__}: {exc}"
-    else:
+    message = _failure_message(step, exc)
+    if message is None:
         return None
     run.say(step, f"FAILED: {message}" + (" (rolled back what this run created)" if not failed else left))
     return DeployError(step, message + left)
@@ -229,6 +259,7 @@ def _create_model(run: CreateRun) -> None:
     """Step "model": the SageMaker model (image, model data, container environment), tagged."""
     plan, sm, name = run.plan, run.client("sagemaker"), run.result.model_name
     extra = {TAG_ARTIFACTS: f"s3://{run.bucket}/{run.run_prefix}/"} if run.tarball is not None else {}
+    isolation = {"EnableNetworkIsolation": True} if plan.network_isolation else {}
     sm.create_model(
         ModelName=name,
         ExecutionRoleArn=plan.role,
@@ -238,9 +269,12 @@ def _create_model(run: CreateRun) -> None:
             "Environment": model_environment(plan),
         },
         Tags=tags(plan.mode, plan.name, **extra),
+        **isolation,
     )
     run.rollback.push(f"model {name}", lambda: sm.delete_model(ModelName=name))
-    run.say("model", f"created model {name} (image {plan.image})")
+    what = "the project's own serving image" if plan.own_image else "the PyTorch inference DLC"
+    isolated = ", network isolation" if plan.network_isolation else ""
+    run.say("model", f"created model {name} ({what} {plan.image}{isolated})")
 
 
 def _create_endpoint_config(run: CreateRun) -> None:
@@ -303,11 +337,9 @@ def _wait(run: CreateRun) -> None:
             return
         if status in ("Failed", "OutOfService", "Deleting", "RollingBack"):
             reason = info.get("FailureReason") or "no reason given"
-            raise DeployError(
-                "wait",
-                f"endpoint {name} is {status}: {reason} "
-                f"(container logs: CloudWatch log group /aws/sagemaker/Endpoints/{name})",
-            )
+            lines = "\n".join(f"    {line}" for line in container_logs(run.client("logs"), name))
+            logs = f"last container log lines ({log_group(name)}):\n{lines}"
+            raise DeployError("wait", f"endpoint {name} is {status}: {reason}\n  {logs}")
         if elapsed > run.timeout_seconds:
             raise DeployError("wait", f"endpoint {name} still {status} after {run.timeout_seconds:.0f} s; giving up")
         time.sleep(run.poll_seconds)
@@ -320,6 +352,23 @@ def _autoscale(run: CreateRun) -> None:
     )
 
 
+def _verify(run: CreateRun) -> None:
+    """Step "verify": the smoke test (studio.deploy.verify); skipped with a warning when the plan says so."""
+    plan = run.plan
+    if not plan.verify:
+        log.warning("the smoke test of %s was skipped: the endpoint was never asked for an image", plan.name)
+        run.say("verify", "SKIPPED (--skip-verify): WARNING the endpoint was never asked for an image")
+        return
+    verify_endpoint(
+        plan.name,
+        run.session,
+        run.say,
+        timeout_seconds=plan.verify_timeout_seconds,
+        poll_seconds=run.poll_seconds,
+    )
+    run.result.verified = True
+
+
 STEPS: tuple[tuple[str, Callable[[CreateRun], None]], ...] = (
     ("package", _package),
     ("upload", _upload),
@@ -328,6 +377,7 @@ STEPS: tuple[tuple[str, Callable[[CreateRun], None]], ...] = (
     ("endpoint", _create_endpoint),
     ("wait", _wait),
     ("autoscaling", _autoscale),
+    ("verify", _verify),
 )
 CREATE_STEPS = ("validate", *(step for step, _ in STEPS))  # as progress reports them, in order
 

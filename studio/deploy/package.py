@@ -1,7 +1,9 @@
 """model.tar.gz as the SageMaker PyTorch inference toolkit expects it, and the container's environment.
 
 Layout: code/inference.py (= studio/serving/toolkit.py, the toolkit's handlers), code/requirements.txt (installed
-by the DLC at start), code/studio/ (our package without studio/testing), the model files at the archive root
+by the DLC at start; GPU packages leave out openvino, the CPU engine), code/wheels/ when the plan vendors its wheels
+(then requirements.txt installs them with no index: see studio.deploy.wheels), code/studio/ (our package without
+studio/testing), the model files at the archive root
 when the model is local (a diffusers folder's contents, or the single checkpoint file), and the plan's LoRA and VAE
 files in Lora/ and VAE/ (A1111's folder names). The container's STUDIO_MODELS_DIR is /opt/ml/model, so the
 engine finds those folders where SageMaker unpacks the archive (studio.models.model_in_dir looks past them for the
@@ -16,12 +18,14 @@ import logging
 import os
 import re
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from studio.config import SAGEMAKER_MODEL_DIR
 from studio.deploy.plan import DeployError, DeployPlan
+from studio.deploy.wheels import WHEELS_DIR, WheelTarget, download_wheels, offline_requirements, pinned_closure
 from studio.models import ModelKind
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,8 @@ _RESERVED = ("code", "Lora", "VAE")
 # reinstalled; gradio is studio-only. openai-clip stays: it carries the CLIP BPE vocabulary that single-file
 # checkpoints need to build their tokenizer offline. Used when the repo's requirements.txt is not next to the package.
 _CONTAINER_EXCLUDE = {"torch", "torchvision", "torchaudio", "gradio", "gradio-client", "playwright"}
+# The CPU fast path (--engine openvino): a GPU endpoint never uses it (~180 MB of wheels and install time).
+_CPU_ONLY = {"openvino", "openvino-telemetry"}
 _FALLBACK_REQUIREMENTS = [
     "diffusers==0.42.1",
     "transformers==5.23.0",
@@ -55,8 +61,10 @@ _FALLBACK_REQUIREMENTS = [
 ]
 
 
-def container_requirements() -> list[str]:
-    """code/requirements.txt: the repo's runtime requirements minus what the DLC has (torch) or never needs (UI)."""
+def container_requirements(*, gpu: bool = True) -> list[str]:
+    """code/requirements.txt: the repo's runtime requirements minus what the DLC has (torch) or never needs (UI;
+    on a GPU, openvino)."""
+    excluded = _CONTAINER_EXCLUDE | (_CPU_ONLY if gpu else set())
     req_file = STUDIO_ROOT.parent / "requirements.txt"
     if not req_file.is_file():
         return list(_FALLBACK_REQUIREMENTS)
@@ -66,7 +74,7 @@ def container_requirements() -> list[str]:
         if not line:
             continue
         name = re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].strip().lower().replace("_", "-")
-        if name not in _CONTAINER_EXCLUDE:
+        if name not in excluded:
             lines.append(line)
     return lines
 
@@ -121,10 +129,36 @@ def package_model(plan: DeployPlan, out_path: str | os.PathLike[str]) -> Path:
         raise DeployError("package", f"{TOOLKIT} is missing; the container entry point cannot be packaged")
     model_path = _local_model_path(plan)
     extras = plan.extra_files()  # PlanError naming --lora/--vae before anything is written
+    requirements = container_requirements(gpu=plan.gpu)
+    wheels: list[Path] = []
+    with tempfile.TemporaryDirectory(prefix="sd-studio-wheels-") as tmp:
+        if plan.vendors_wheels:
+            target = WheelTarget(plan.wheels_python)
+            pins = pinned_closure(requirements, target)
+            wheels = download_wheels(pins, Path(tmp), target)
+            requirements_text = offline_requirements(pins)
+            log.info("vendoring %d wheels (%.1f MB)", len(wheels), sum(w.stat().st_size for w in wheels) / 1e6)
+        else:
+            requirements_text = "\n".join(requirements) + "\n"
+        _write_archive(out, plan, model_path, extras, requirements_text, wheels)
+    log.info("packaged %s (%.1f MB)", out, out.stat().st_size / 1e6)
+    return out
+
+
+def _write_archive(
+    out: Path,
+    plan: DeployPlan,
+    model_path: Path | None,
+    extras: list[tuple[Path, str]],
+    requirements_text: str,
+    wheels: list[Path],
+) -> None:
     # compresslevel 1: weights barely compress and level 9 takes minutes on multi-GB checkpoints.
     with tarfile.open(out, "w:gz", compresslevel=1) as tar:
         tar.add(TOOLKIT, arcname="code/inference.py")
-        _add_bytes(tar, "code/requirements.txt", ("\n".join(container_requirements()) + "\n").encode())
+        _add_bytes(tar, "code/requirements.txt", requirements_text.encode())
+        for wheel in wheels:
+            tar.add(wheel, arcname=f"code/{WHEELS_DIR}/{wheel.name}")
         for path, arcname in _package_files():
             tar.add(path, arcname=arcname)
         if model_path is not None:
@@ -132,8 +166,6 @@ def package_model(plan: DeployPlan, out_path: str | os.PathLike[str]) -> Path:
         for path, arcname in extras:
             tar.add(path, arcname=arcname)
             log.info("packaged %s as %s", path, arcname)
-    log.info("packaged %s (%.1f MB)", out, out.stat().st_size / 1e6)
-    return out
 
 
 def model_environment(plan: DeployPlan) -> dict[str, str]:

@@ -31,6 +31,10 @@ ROLE_ARN = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
 IMAGE_URI = re.compile(r"^[\w.-]+(:\d+)?/[\w./-]+(:[\w.-]+|@sha256:[0-9a-f]{64})?$")
 ASSUMED_ROLE_ARN = re.compile(r"^arn:(aws[\w-]*):sts::(\d{12}):assumed-role/([\w+=,.@-]+)/")
 
+DLC_PYTHON = "3.12"  # the Python of the default PyTorch inference DLC (pytorch-inference:2.6.0-gpu-py312)
+DLC_IMAGE_MARK = "/pytorch-inference:"  # an image URI with this is the AWS DLC; any other is the project's own
+VERIFY_TIMEOUT_SECONDS = 900.0  # the smoke test: first answer of a cold endpoint (model load included)
+
 S3_ARCHIVE = "s3-archive"
 """`DeployPlan.model_kind` of an s3:// model.tar.gz used as is: a packaging case of deploy, not a kind of model."""
 
@@ -115,6 +119,29 @@ class DeployPlan:
     loras: list[str] = field(default_factory=list)
     vaes: list[str] = field(default_factory=list)
     models_dir: Path = Path("models")  # where names given in loras/vaes are looked up (the studio's --models-dir)
+    # Self-contained package: the container's wheels in code/wheels/ (for `wheels_python`), installed with no index.
+    vendor_wheels: bool = False
+    wheels_python: str = DLC_PYTHON
+    network_isolation: bool = False  # EnableNetworkIsolation: the container gets no network (implies vendor_wheels)
+    # After InService: one tiny request must come back with an image (the smoke test), else roll back.
+    verify: bool = True
+    verify_timeout_seconds: float = VERIFY_TIMEOUT_SECONDS
+    keep_on_failure: bool = False  # a failed create leaves what it made (to inspect it); delete it afterwards
+
+    @property
+    def own_image(self) -> bool:
+        """True when `image` is the project's own serving image (Dockerfile: `serve`), not the AWS PyTorch DLC."""
+        return bool(self.image) and DLC_IMAGE_MARK not in (self.image or "")
+
+    @property
+    def gpu(self) -> bool:
+        """True for GPU (and accelerator) instance types: their package leaves out the CPU engine (openvino)."""
+        return not self.instance_type.startswith(("ml.c", "ml.m", "ml.r", "ml.t"))
+
+    @property
+    def vendors_wheels(self) -> bool:
+        """Whether the package carries its wheels: asked for, or implied by network isolation on the DLC."""
+        return not self.own_image and (self.vendor_wheels or self.network_isolation)
 
     @property
     def model_kind(self) -> PlanModelKind:
@@ -152,6 +179,7 @@ class DeployPlan:
         self._check_model()
         self._check_locations()
         self._check_tuning()
+        self._check_isolation()
         self.extra_files()
 
     def _check_capacity(self) -> None:
@@ -216,6 +244,18 @@ class DeployPlan:
             raise PlanError("max_concurrent_invocations", f"must be 1-1000, got {self.max_concurrent_invocations}")
         if not 60 <= self.startup_timeout_seconds <= 3600:
             raise PlanError("startup_timeout_seconds", f"must be 60-3600, got {self.startup_timeout_seconds}")
+
+    def _check_isolation(self) -> None:
+        if not re.match(r"^3\.\d+$", str(self.wheels_python)):
+            raise PlanError("wheels_python", f"must be a Python version like 3.12, got {self.wheels_python!r}")
+        if not 1 <= self.verify_timeout_seconds <= 3600:
+            raise PlanError("verify_timeout_seconds", f"must be 1-3600 seconds, got {self.verify_timeout_seconds}")
+        if self.network_isolation and self.model_kind is ModelKind.HUB:
+            raise PlanError(
+                "network_isolation",
+                f"the hub model {self.model!r} is downloaded by the container at start, which network isolation "
+                "forbids; download it and deploy the local folder instead",
+            )
 
     def extra_files(self) -> list[tuple[Path, str]]:
         """(file, name in the archive) of each LoRA and VAE to package; PlanError("lora"/"vae") for one that is

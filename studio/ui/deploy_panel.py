@@ -96,8 +96,12 @@ def create_endpoint(
     image: str,
     region: str,
     accepted: bool,
+    skip_verify: bool = False,
+    network_isolation: bool = False,
+    vendor_wheels: bool = False,
 ) -> Iterator[str]:
-    """Deploy: validate the plan at once, then stream the log of deploy.create step by step."""
+    """Deploy: validate the plan at once, then stream the log of deploy.create step by step (the last step is the
+    smoke test: the endpoint is reported ready only once it generated an image)."""
     from studio import deploy
 
     plan = deploy.DeployPlan(
@@ -112,6 +116,9 @@ def create_endpoint(
         role=_text(role),
         image=_text(image),
         region=_text(region),
+        verify=not skip_verify,
+        network_isolation=bool(network_isolation),
+        vendor_wheels=bool(vendor_wheels),
     )
     try:
         plan.validate(check_aws=False)  # instant feedback on names/sizes before any AWS call
@@ -120,6 +127,8 @@ def create_endpoint(
     if not accepted:
         raise gr.Error("Tick “I accept the hourly cost shown above” to deploy.", title="Not deployed")
     lines = [deploy.describe_price(plan.instance_type, plan.mode, plan.min_instances, plan.max_instances)]
+    if skip_verify:
+        lines.append("WARNING: the smoke test is skipped: the endpoint will not be asked for an image.")
     yield "\n".join(lines)
     for kind, value, exc in _run_streaming(lambda progress: deploy.create(plan, progress)):
         if exc is not None:
@@ -129,9 +138,41 @@ def create_endpoint(
             raise gr.Error(str(exc), title="Deploy failed") from None
         if kind == "line":
             lines.append(value)
+        elif value.verified:
+            lines.append(
+                f"Endpoint {value.endpoint_name} is ready: it generated the smoke-test image. "
+                "Select it below and press “Use this endpoint”."
+            )
         else:
-            lines.append(f"Endpoint {value.endpoint_name} is ready. Select it below and press “Use this endpoint”.")
+            lines.append(f"Endpoint {value.endpoint_name} is InService but NOT verified (the smoke test was skipped).")
         yield "\n".join(lines)
+
+
+def build_image(repo: str, region: str, current_image: str) -> Iterator[tuple[str, Any]]:
+    """Build the project's own serving image on CodeBuild (no local Docker), streaming its log; on success the image
+    URI goes into the "Container image" box, so Deploy uses it."""
+    from studio import deploy
+    from studio.deploy.build_image import build_image as run_build
+    from studio.deploy.build_image import check_repo_name
+
+    repo = (repo or "").strip()
+    try:
+        check_repo_name(repo)
+    except deploy.DeployError as err:
+        raise gr.Error(str(err), title="Not built") from None
+    lines = [f"Building the project's Dockerfile into ECR repository {repo} with AWS CodeBuild…"]
+    yield "\n".join(lines), gr.update(value=current_image)
+    for kind, value, exc in _run_streaming(lambda progress: run_build(repo, progress, region=_text(region))):
+        if exc is not None:
+            lines.append(f"ERROR: {exc}")
+            yield "\n".join(lines), gr.update(value=current_image)
+            raise gr.Error(str(exc), title="Build failed") from None
+        if kind == "line":
+            lines.append(value)
+            yield "\n".join(lines), gr.update(value=current_image)
+        else:
+            lines.append(f"Image {value.image_uri} is in ECR; it is now the container image for Deploy.")
+            yield "\n".join(lines), gr.update(value=value.image_uri)
 
 
 def list_rows(region: str, current: str | None) -> tuple[Any, Any]:
@@ -246,7 +287,20 @@ def build_deploy_panel(on_use_endpoint: UseEndpoint | None) -> None:
             role = gr.Textbox(
                 label="Execution role ARN", placeholder="discovered on a SageMaker notebook; otherwise required"
             )
-            image = gr.Textbox(label="Container image", placeholder="default: the AWS PyTorch inference DLC")
+            image = gr.Textbox(
+                label="Container image",
+                placeholder="default: the AWS PyTorch inference DLC; or the project's own image (Build image below)",
+                elem_id="deploy-image",
+            )
+        with gr.Row():
+            skip_verify = gr.Checkbox(
+                label="Skip the smoke test (emulators only: the endpoint is not asked for an image)", value=False
+            )
+            network_isolation = gr.Checkbox(label="Network isolation (no internet in the container)", value=False)
+            vendor_wheels = gr.Checkbox(label="Vendor the wheels into the package (starts with no index)", value=False)
+        with gr.Row():
+            repo = gr.Textbox(label="ECR repository for the project's own image", value="sd-studio-serve", scale=2)
+            build_button = gr.Button("Build image with AWS CodeBuild (no local Docker)", elem_id="deploy-build-image")
     accept = gr.Checkbox(label="I accept the hourly cost shown above", value=False, elem_id="deploy-accept")
     deploy_button = gr.Button("Deploy", variant="primary", elem_id="deploy-create")
     log_box = gr.Textbox(label="Deploy log", lines=12, max_lines=30, interactive=False, elem_id="deploy-log")
@@ -271,9 +325,11 @@ def build_deploy_panel(on_use_endpoint: UseEndpoint | None) -> None:
     price_inputs = [instance_type, mode, min_instances, max_instances]
     gr.on([component.change for component in price_inputs], show_price, price_inputs, price, **private)
     plan_inputs = [name, model, instance_type, mode, min_instances, max_instances, bucket, prefix, role, image, region]
-    deploy_button.click(create_endpoint, [*plan_inputs, accept], log_box, **private, **one_at_a_time).then(
+    create_inputs = [*plan_inputs, accept, skip_verify, network_isolation, vendor_wheels]
+    deploy_button.click(create_endpoint, create_inputs, log_box, **private, **one_at_a_time).then(
         list_rows, [region, name], [table, selected], **private
     )
+    build_button.click(build_image, [repo, region, image], [log_box, image], **private, **one_at_a_time)
     refresh.click(list_rows, [region, selected], [table, selected], **private)
     selected.change(show_details, [selected, region], details, **private)
     delete_button.click(

@@ -9,6 +9,8 @@ process).
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +100,9 @@ def tiny_model(tmp_path: Path) -> Path:
 @pytest.fixture
 def async_deployment(account: AwsAccount, allow_g5: None, tiny_model: Path, progress: ProgressRecorder) -> DeployResult:
     """ "sd-async": the tiny local model packaged, uploaded and deployed async on ml.g5.xlarge, 0-2 instances."""
-    plan = DeployPlan(name="sd-async", model=str(tiny_model), mode="async", max_instances=2, role=account.ROLE)
+    plan = DeployPlan(
+        verify=False, name="sd-async", model=str(tiny_model), mode="async", max_instances=2, role=account.ROLE
+    )
     return create(plan, progress, poll_seconds=0.01)
 
 
@@ -106,6 +110,7 @@ def async_deployment(account: AwsAccount, allow_g5: None, tiny_model: Path, prog
 def realtime_deployment(account: AwsAccount) -> DeployResult:
     """ "sd-rt": a hub model (only code packaged) deployed real-time on ml.g4dn.xlarge, 2-3 instances."""
     plan = DeployPlan(
+        verify=False,
         name="sd-rt",
         model="stabilityai/sd-turbo",
         instance_type="ml.g4dn.xlarge",
@@ -129,3 +134,54 @@ def foreign_endpoint(account: AwsAccount) -> str:
     )
     sm.create_endpoint(EndpointName="other", EndpointConfigName="other")
     return "other"
+
+
+class Runtime:
+    """The SageMaker runtime stand-in in front of serving apps (FakeEngine) on 127.0.0.1, and CloudWatch Logs.
+
+    `serve(endpoint, engine)` starts a serving app for the endpoint; with `mode="async"` the stand-in answers
+    through S3 at the output path `create` gives the endpoint. `log(endpoint, *lines)` puts container log lines
+    into moto's CloudWatch Logs, where `create` reads them on failure.
+    """
+
+    def __init__(self, standin: Any, account: AwsAccount):
+        self.standin = standin
+        self.account = account
+        self.servers: list[Any] = []
+
+    def serve(self, endpoint: str, engine: Any, *, mode: str = "realtime") -> Any:
+        from studio.config import ServingSettings
+        from studio.serving.app import create_app
+        from studio.testing.servers import UvicornThread
+
+        server = UvicornThread(create_app(engine, settings=ServingSettings(), load=False)).start()
+        self.servers.append(server)
+        paths = {}
+        if mode == "async":
+            base = f"s3://{AwsAccount.BUCKET}/sd-studio/{endpoint}"
+            paths = {"output_path": f"{base}/async-output/", "failure_path": f"{base}/async-failures/"}
+        self.standin.add_endpoint(endpoint, server.url, **paths)
+        return server
+
+    def log(self, endpoint: str, *lines: str) -> None:
+        logs = self.account.client("logs")
+        group = f"/aws/sagemaker/Endpoints/{endpoint}"
+        if not logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]:
+            logs.create_log_group(logGroupName=group)
+            logs.create_log_stream(logGroupName=group, logStreamName="AllTraffic/i-0123456789")
+        now = int(time.time() * 1000)
+        events = [{"timestamp": now + i, "message": line} for i, line in enumerate(lines)]
+        logs.put_log_events(logGroupName=group, logStreamName="AllTraffic/i-0123456789", logEvents=events)
+
+
+@pytest.fixture
+def runtime(account: AwsAccount, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
+    """The runtime stand-in (AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME points at it) with moto's S3 for async."""
+    from studio.testing.sagemaker_standin import SageMakerRuntimeStandin
+
+    with SageMakerRuntimeStandin(account.client("s3")) as standin:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", standin.url)
+        helper = Runtime(standin, account)
+        yield helper
+        for server in helper.servers:
+            server.stop()

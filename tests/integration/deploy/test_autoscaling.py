@@ -66,7 +66,7 @@ def test_rollback_when_autoscaling_fails(account, allow_g5, monkeypatch):
         raise RuntimeError("injected alarm failure")
 
     monkeypatch.setattr(CloudWatchBackend, "put_metric_alarm", fail)
-    plan = DeployPlan(name="sd-as", model="s3://b-1/m.tar.gz", mode="async", role=account.ROLE)
+    plan = DeployPlan(verify=False, name="sd-as", model="s3://b-1/m.tar.gz", mode="async", role=account.ROLE)
     with pytest.raises(DeployError) as caught:
         create(plan, poll_seconds=0.01)
     assert caught.value.step == "autoscaling"

@@ -20,14 +20,15 @@ def test_cli_create_list_status_delete(account, capsys):
     code, out = run_cli(
         ["create", "--name", "sd-cli", "--model", "s3://b-1/m.tar.gz", "--instance-type", "ml.g4dn.xlarge",
          "--mode", "async", "--max-instances", "2", "--role", account.ROLE, "--yes", "--poll-seconds", "0.01",
-         *common],
+         "--skip-verify", *common],
         capsys,
     )  # fmt: skip
     assert code == 0, out
     assert "ml.g4dn.xlarge: $0.736 per instance-hour" in out  # price before deploying
     for step in ("[validate]", "[package]", "[model]", "[endpoint-config]", "[endpoint]", "[wait]", "[autoscaling]"):
         assert step in out
-    assert "Endpoint sd-cli is ready" in out
+    assert "WARNING: --skip-verify" in out and "[verify] SKIPPED" in out
+    assert "Endpoint sd-cli is InService but was NOT verified (--skip-verify)" in out
 
     code, out = run_cli(["list", *common], capsys)
     assert code == 0

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from studio.deploy import CREATE_STEPS, MODEL_ENV_VAR, DeployError, DeployPlan, create
+from studio.deploy import CREATE_STEPS, MODEL_ENV_VAR, DeployError, DeployPlan, PlanError, create
 
 
 def test_async_deploy_packages_uploads_and_tags_everything(account, async_deployment, progress):
@@ -69,7 +69,11 @@ def test_realtime_hub_model_ships_only_code_and_names_the_model(account, realtim
 def test_s3_model_data_is_used_as_is(account, progress):
     """s3:// model data skips package/upload: no bucket is needed for a real-time endpoint."""
     plan = DeployPlan(
-        name="sd-s3", model="s3://my-models/sd/model.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE
+        verify=False,
+        name="sd-s3",
+        model="s3://my-models/sd/model.tar.gz",
+        instance_type="ml.g4dn.xlarge",
+        role=account.ROLE,
     )
     result = create(plan, progress, poll_seconds=0.01)
     assert result.model_data_url == "s3://my-models/sd/model.tar.gz"
@@ -79,13 +83,17 @@ def test_s3_model_data_is_used_as_is(account, progress):
 
 def test_longest_name_still_fits_model_and_config_names(account):
     name = "n" * 63
-    plan = DeployPlan(name=name, model="s3://b-1/m.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE)
+    plan = DeployPlan(
+        verify=False, name=name, model="s3://b-1/m.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE
+    )
     result = create(plan, poll_seconds=0.01)
     assert len(result.model_name) <= 63 and result.model_name.startswith("n" * 47 + "-")
 
 
 def test_async_with_s3_model_creates_the_output_bucket(account, allow_g5):
-    plan = DeployPlan(name="sd-s3-async", model="s3://my-models/m.tar.gz", mode="async", role=account.ROLE)
+    plan = DeployPlan(
+        verify=False, name="sd-s3-async", model="s3://my-models/m.tar.gz", mode="async", role=account.ROLE
+    )
     result = create(plan, poll_seconds=0.01)
     bucket = result.async_output_path.split("/")[2]
     assert [b["Name"] for b in account.client("s3").list_buckets()["Buckets"]] == [bucket]
@@ -100,7 +108,9 @@ def test_rollback_when_create_endpoint_fails(account, monkeypatch, tiny_model, p
         raise ValidationError(message="injected: capacity not available")
 
     monkeypatch.setattr(SageMakerModelBackend, "create_endpoint", fail)
-    plan = DeployPlan(name="sd-fail", model=str(tiny_model), instance_type="ml.g4dn.xlarge", role=account.ROLE)
+    plan = DeployPlan(
+        verify=False, name="sd-fail", model=str(tiny_model), instance_type="ml.g4dn.xlarge", role=account.ROLE
+    )
     with pytest.raises(DeployError) as caught:
         create(plan, progress, poll_seconds=0.01)
     assert caught.value.step == "endpoint"
@@ -124,7 +134,9 @@ def test_failed_endpoint_reports_failure_reason_and_rolls_back(account, monkeypa
         self.failure_reason = "The primary container for production variant AllTraffic did not pass the ping check."
 
     monkeypatch.setattr(FakeEndpoint, "__init__", failing_init)
-    plan = DeployPlan(name="sd-broken", model="s3://b-1/m.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE)
+    plan = DeployPlan(
+        verify=False, name="sd-broken", model="s3://b-1/m.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE
+    )
     with pytest.raises(DeployError) as caught:
         create(plan, poll_seconds=0.01)
     assert caught.value.step == "wait"
@@ -144,9 +156,56 @@ def test_an_interrupt_rolls_back_and_goes_through_unchanged(account, monkeypatch
         raise KeyboardInterrupt
 
     monkeypatch.setattr(create_module, "configure_autoscaling", interrupt)
-    plan = DeployPlan(name="sd-ctrl-c", model="s3://b-1/m.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE)
+    plan = DeployPlan(
+        verify=False, name="sd-ctrl-c", model="s3://b-1/m.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE
+    )
     with pytest.raises(KeyboardInterrupt):
         create(plan, progress, poll_seconds=0.01)
     assert any(m == "removed endpoint sd-ctrl-c" for m in progress.messages("rollback"))
     assert not any(m.startswith("FAILED") for m in progress.messages("autoscaling"))
     account.assert_nothing_left()
+
+
+def test_network_isolation_is_sent_with_the_model(account, aws, progress, monkeypatch, tmp_path):
+    """moto accepts EnableNetworkIsolation but does not echo it in describe_model: its request recorder shows it."""
+    import base64
+    import json
+    import urllib.request
+
+    import moto.moto_api
+
+    monkeypatch.setattr(moto.moto_api.recorder, "_location", str(tmp_path / "moto_recording"))  # not in the cwd
+
+    def moto_api(path: str) -> bytes:
+        request = urllib.request.Request(f"{aws}/moto-api/recorder/{path}", method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.read()
+
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sd-studio-serve:1"  # the project's own image
+    plan = DeployPlan(
+        verify=False,
+        name="sd-iso",
+        model="s3://b-1/m.tar.gz",
+        instance_type="ml.g4dn.xlarge",
+        role=account.ROLE,
+        image=image,
+        network_isolation=True,
+    )
+    assert plan.own_image and not plan.vendors_wheels  # the own image installs nothing at start
+    moto_api("reset-recording")
+    moto_api("start-recording")
+    try:
+        create(plan, progress, poll_seconds=0.01)
+    finally:
+        moto_api("stop-recording")
+    with urllib.request.urlopen(f"{aws}/moto-api/recorder/download-recording", timeout=10) as answer:
+        recorded = answer.read().decode()
+    sent = [json.loads(line)["body"] for line in recorded.splitlines() if "SageMaker.CreateModel" in line]
+    assert len(sent) == 1 and json.loads(base64.b64decode(sent[0]))["EnableNetworkIsolation"] is True
+    assert any("network isolation" in m and "own serving image" in m for m in progress.messages("model"))
+
+
+def test_network_isolation_refuses_a_hub_model_and_implies_vendored_wheels():
+    with pytest.raises(PlanError, match="network_isolation: the hub model"):
+        DeployPlan(name="x", model="org/model", network_isolation=True).validate_offline()
+    assert DeployPlan(name="x", model="demo", network_isolation=True).vendors_wheels

@@ -33,7 +33,11 @@ def test_delete_realtime_endpoint(account, realtime_deployment):
 
 def test_an_endpoint_the_studio_did_not_deploy_is_never_deleted(account, foreign_endpoint):
     plan = DeployPlan(
-        name="sd-s3", model="s3://my-models/sd/model.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE
+        verify=False,
+        name="sd-s3",
+        model="s3://my-models/sd/model.tar.gz",
+        instance_type="ml.g4dn.xlarge",
+        role=account.ROLE,
     )
     create(plan, poll_seconds=0.01)
     sm = account.client("sagemaker")
@@ -47,7 +51,9 @@ def test_an_endpoint_the_studio_did_not_deploy_is_never_deleted(account, foreign
 def test_longest_name_and_user_alarms_are_handled(account):
     """A 63-character name still fits model/config names; delete finds them and keeps a user's own alarm."""
     name = "n" * 63
-    plan = DeployPlan(name=name, model="s3://b-1/m.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE)
+    plan = DeployPlan(
+        verify=False, name=name, model="s3://b-1/m.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE
+    )
     result = create(plan, poll_seconds=0.01)
     cloudwatch = account.client("cloudwatch")
     cloudwatch.put_metric_alarm(
@@ -70,7 +76,9 @@ def test_longest_name_and_user_alarms_are_handled(account):
 
 
 def test_async_with_s3_model_deletes_cleanly(account, allow_g5):
-    plan = DeployPlan(name="sd-s3-async", model="s3://my-models/m.tar.gz", mode="async", role=account.ROLE)
+    plan = DeployPlan(
+        verify=False, name="sd-s3-async", model="s3://my-models/m.tar.gz", mode="async", role=account.ROLE
+    )
     create(plan, poll_seconds=0.01)
     assert delete("sd-s3-async", poll_seconds=0.01).ok
     account.assert_nothing_left()

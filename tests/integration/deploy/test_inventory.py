@@ -46,7 +46,11 @@ def test_list_shows_a_realtime_endpoint_with_its_cost(realtime_deployment):
 
 def test_list_ignores_endpoints_the_studio_did_not_deploy(account, foreign_endpoint):
     plan = DeployPlan(
-        name="sd-s3", model="s3://my-models/sd/model.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE
+        verify=False,
+        name="sd-s3",
+        model="s3://my-models/sd/model.tar.gz",
+        instance_type="ml.g4dn.xlarge",
+        role=account.ROLE,
     )
     create(plan, poll_seconds=0.01)
     assert [e.name for e in list_endpoints()] == ["sd-s3"]
@@ -55,7 +59,11 @@ def test_list_ignores_endpoints_the_studio_did_not_deploy(account, foreign_endpo
 def test_all_in_service_lists_every_usable_endpoint_whoever_deployed_it(account, foreign_endpoint, monkeypatch):
     """The Settings tab's "List InService SageMaker endpoints" reads the same listing as the Deploy panel."""
     plan = DeployPlan(
-        name="sd-s3", model="s3://my-models/sd/model.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE
+        verify=False,
+        name="sd-s3",
+        model="s3://my-models/sd/model.tar.gz",
+        instance_type="ml.g4dn.xlarge",
+        role=account.ROLE,
     )
     create(plan, poll_seconds=0.01)
     listed = list_endpoints(all_in_service=True)
@@ -102,7 +110,9 @@ def test_missing_region_is_a_plan_error(account, monkeypatch):
 
 def test_running_endpoints_warning(account):
     assert running_endpoints_warning() is None
-    plan = DeployPlan(name="sd-warn", model="s3://b-1/m.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE)
+    plan = DeployPlan(
+        verify=False, name="sd-warn", model="s3://b-1/m.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE
+    )
     create(plan, poll_seconds=0.01)
     warning = running_endpoints_warning()
     assert warning is not None

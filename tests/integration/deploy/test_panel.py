@@ -25,6 +25,7 @@ PLAN = dict(
     prefix="sd-studio",
     image="",
     region="",
+    skip_verify=True,  # moto's invoke answers are canned; the smoke test is tested with the runtime stand-in
 )
 
 
@@ -54,7 +55,8 @@ def test_panel_deploy_use_and_delete(account):
     assert len(updates) >= 5  # step by step, not one final blob
     assert "[endpoint-config] created endpoint config sd-ui-" in log_text
     assert "[autoscaling] target tracking: 10 invocations/instance/minute" in log_text
-    assert "Endpoint sd-ui is ready" in log_text
+    assert "Endpoint sd-ui is InService but NOT verified" in log_text
+    assert "WARNING: the smoke test is skipped" in log_text
 
     rows, selected = panel.list_rows("", None)
     assert rows == [["sd-ui", "InService", "realtime", "ml.g4dn.xlarge", "1", "0m", "$0.74"]]
@@ -95,11 +97,16 @@ def test_panel_shows_deploy_failures(account, monkeypatch):
     account.assert_nothing_left()
 
 
-def test_settings_tab_deploy_use_delete_in_the_real_app(account, tmp_path, monkeypatch):
-    """As a new user of the studio's own Settings tab: deploy the demo model, switch to it, then delete it."""
+def test_settings_tab_deploy_use_delete_in_the_real_app(account, runtime, tmp_path, monkeypatch):
+    """As a new user of the studio's own Settings tab: deploy the demo model (verified through the runtime
+    stand-in: async, through S3), switch to it, then delete it."""
     import app
     from studio.config import load_settings
+    from studio.testing.fakes import FakeEngine
     from studio.ui.settings import use_endpoint
+
+    smoke = FakeEngine(loaded=True)
+    runtime.serve("sd-e2e", smoke, mode="async")
 
     for key in [k for k in os.environ if k.startswith("STUDIO_")]:
         monkeypatch.delenv(key)
@@ -109,12 +116,14 @@ def test_settings_tab_deploy_use_delete_in_the_real_app(account, tmp_path, monke
     try:
         log_text = list(
             panel.create_endpoint(
-                **{**PLAN, "name": "sd-e2e", "model": "demo", "mode": "async", "max_instances": 1},
+                **{**PLAN, "name": "sd-e2e", "model": "demo", "mode": "async", "max_instances": 1}
+                | {"skip_verify": False},
                 role=account.ROLE,
                 accepted=True,
             )
         )[-1]
-        assert "[upload] uploaded" in log_text and "Endpoint sd-e2e is ready" in log_text
+        assert "[upload] uploaded" in log_text and "Endpoint sd-e2e is ready: it generated the smoke" in log_text
+        assert [(r.width, r.steps) for r in smoke.requests] == [(64, 2)]
         assert controller.list_endpoints() == ["sd-e2e"]  # the Settings tab's "List InService endpoints"
         message = use_endpoint(controller, "sd-e2e")
         assert "sd-e2e" in message

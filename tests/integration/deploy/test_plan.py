@@ -107,7 +107,9 @@ def test_missing_credentials_is_a_clear_error(account, monkeypatch):
 
 
 def test_existing_endpoint_name_is_refused(account):
-    plan = DeployPlan(name="sd-twice", model="s3://b-1/m.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE)
+    plan = DeployPlan(
+        name="sd-twice", model="s3://b-1/m.tar.gz", instance_type="ml.g4dn.xlarge", role=account.ROLE, verify=False
+    )
     create(plan, poll_seconds=0.01)
     with pytest.raises(PlanError, match="already exists"):
         create(plan, poll_seconds=0.01)
