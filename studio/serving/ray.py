@@ -45,6 +45,7 @@ from studio.config import (
     load_ray_settings,
     ray_settings_from_args,
 )
+from studio.engine import ModelLoadError
 from studio.serving.app import create_app
 
 logger = logging.getLogger("studio.serving.ray")
@@ -295,6 +296,16 @@ def _plain(args: Mapping[str, Any] | Any) -> dict[str, Any]:
 
 
 # ---- python -m studio.serving.ray ---------------------------------------------------------------------------------
+def check_model(settings: RaySettings) -> None:
+    """For a local Ray (replicas share this machine's files): the model must resolve before Ray starts. Raises
+    ModelLoadError naming it (a joined cluster's nodes may hold files this machine does not: checked there)."""
+    from studio.models import resolve_model
+    from studio.serving.invoker import engine_settings
+
+    chosen = engine_settings(settings.serving)
+    resolve_model(chosen.model, chosen.models_dir)
+
+
 def serve_until_stopped(settings: RaySettings, **local: Any) -> int:
     """Start (or join) Ray, run the application behind Serve's HTTP proxy at settings.host:port and block until
     Ctrl-C / SIGTERM. A local Ray is shut down on exit; on a joined cluster only this application is deleted."""
@@ -316,11 +327,22 @@ def serve_until_stopped(settings: RaySettings, **local: Any) -> int:
     except KeyboardInterrupt:
         logger.info("stopping")
     except RuntimeError as exc:  # e.g. every replica failed to load the model
-        logger.error("deployment failed: %s", exc)
+        logger.error("deployment failed: %s%s", exc, _failure_reason())
         return 1
     finally:
         _stop(settings)
     return 0
+
+
+def _failure_reason() -> str:
+    """The replicas' own error (the last line of Serve's deployment message), to show beside Serve's summary."""
+    try:
+        status = serve.status().applications.get(APP_NAME)
+        messages = [d.message for d in status.deployments.values() if d.message] if status else []
+    except Exception:  # the reason is a courtesy: never hide the failure itself
+        return ""
+    lines = [line.strip() for message in messages for line in message.splitlines() if line.strip()]
+    return f" ({lines[-1]})" if lines else ""
 
 
 def _interrupt(_signum: int, _frame: Any) -> None:
@@ -353,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("info")
     try:
         settings = load_ray_settings(list(sys.argv[1:] if argv is None else argv))
-    except ConfigError as exc:
+        if not settings.address:
+            check_model(settings)
+    except (ConfigError, ModelLoadError) as exc:
         logger.error("%s", exc)
         return 2
     return serve_until_stopped(settings)

@@ -99,12 +99,21 @@ def test_cli_starts_a_local_ray_scales_from_zero_and_stops_cleanly(tmp_path):
     assert "started locally" in output and "Traceback" not in output
 
 
-def test_cli_refuses_bad_flags_before_starting_ray():
-    done = subprocess.run(
-        [sys.executable, "-m", "studio.serving.ray", "--min-replicas", "3", "--max-replicas", "2"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
-    )
-    assert done.returncode == 2 and "max_replicas (--max-replicas)" in done.stderr, done.stderr[-2000:]
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--min-replicas", "3", "--max-replicas", "2"], "max_replicas (--max-replicas)"),
+        (["--model", "/nonexistent/model.safetensors"], "model '/nonexistent/model.safetensors' not found"),
+    ],
+    ids=["replicas", "model"],
+)
+def test_cli_refuses_bad_flags_and_models_before_starting_ray(argv, message):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-m", "studio.serving.ray", *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+    assert "Started a local Ray" not in done.stderr and "Traceback" not in done.stderr
 
 
 # ---- two replicas in this process's local Ray ----------------------------------------------------------------------
