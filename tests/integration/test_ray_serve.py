@@ -8,13 +8,14 @@
 - the same seed gives the same pixels as the plain serving app;
 - the studio's `--backend http --url` drives it (gradio studio -> RemoteEngine -> Serve's proxy -> a replica);
 - a replica killed mid-load loses no request: its requests are replayed on the other replica (the proxy middleware),
-  and Serve starts a replacement.
+  and Serve starts a replacement; a replica Serve stops on purpose (scale-down) finishes its requests first.
 Together about 2 minutes on 2 cores (Ray's start-up and two replicas importing torch dominate).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import os
 import signal
@@ -241,3 +242,26 @@ def _alive(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_scaling_down_mid_load_lets_the_stopped_replica_finish(cluster):
+    """Serve stopping a replica on purpose (here: max_replicas 2 -> 1 while 8 requests run) drains it first."""
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.scripts import convert_args_to_dict
+
+    deployed = call_user_app_builder_with_args_if_necessary(studio_ray.build_app, convert_args_to_dict(SERVE_RUN_ARGS))
+    settings: RaySettings = deployed._bound_deployment.init_args[0]
+    one = dataclasses.replace(settings, min_replicas=1, max_replicas=1)
+    smaller = studio_ray.StudioServing.options(**studio_ray.deployment_options(one)).bind(settings)  # same replicas
+    payload = {"prompt": "a calm sea", "width": 256, "height": 256, "steps": 8}
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(invoke, cluster, {**payload, "seed": seed}) for seed in range(8)]
+        time.sleep(1.0)
+        serve.run(smaller, name=studio_ray.APP_NAME, route_prefix="/")
+        responses = [future.result() for future in futures]
+    assert [r.status_code for r in responses] == [200] * 8, [(r.status_code, r.text[:200]) for r in responses]
+    assert len({r.headers["X-Studio-Replica"] for r in responses}) == 2  # both were serving when the scale-down began
+    deadline = time.monotonic() + 120
+    while len(_replica_actors()) != 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(_replica_actors()) == 1
