@@ -481,10 +481,12 @@ def openvino_accuracy(precisions: list[str], size: int, steps: int) -> dict[str,
 
 
 from bench.a1111 import a1111_cost, lora_rss  # noqa: E402  (they use this module's helpers)
+from bench.lambda_ import lambda_cold_start  # noqa: E402
 from bench.ray_ import ray_serve  # noqa: E402
 
 TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     "a1111_cost": a1111_cost,
+    "lambda_cold_start": lambda_cold_start,
     "lora_rss": lora_rss,
     "engine_vs_raw": engine_vs_raw,
     "task_switch": task_switch,

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import studio.deploy
-from studio.deploy import cli_extras
+from studio.deploy import cli_extras, lambda_cli
 from studio.deploy.create import create
 from studio.deploy.delete import delete
-from studio.deploy.inventory import TABLE_HEADERS, list_endpoints, status
+from studio.deploy.inventory import TABLE_HEADERS, list_targets, status
 from studio.deploy.package import package_model
 from studio.deploy.plan import DEFAULT_PREFIX, MODES, DeployError, DeployPlan
 from studio.deploy.pricing import DEFAULT_INSTANCE_TYPE, INSTANCE_PRICES, PRICE_NOTE, describe_price
@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     create_p = sub.add_parser("create", help="deploy a model to a new SageMaker endpoint")
     create_p.add_argument("--name", required=True, help="endpoint name (letters, digits, hyphens; max 63)")
-    create_p.add_argument("--model", required=True, help="local folder/file, s3://…/model.tar.gz, hub id, or 'demo'")
+    create_p.add_argument(
+        "--model",
+        help="local folder/file, s3://…/model.tar.gz, hub id, or 'demo' (--target lambda: the function's STUDIO_MODEL)",
+    )
     create_p.add_argument(
         "--instance-type",
         default=DEFAULT_INSTANCE_TYPE,
@@ -95,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     status_p.add_argument("--name", required=True)
     status_p.add_argument("--region")
 
-    list_p = sub.add_parser("list", help="list endpoints deployed by SD Studio")
+    list_p = sub.add_parser("list", help="list the endpoints and Lambda functions deployed by SD Studio")
     list_p.add_argument("--region")
 
     delete_p = sub.add_parser("delete", help="delete an endpoint and everything created for it")
@@ -105,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_extras.add_delete_flags(delete_p)
     delete_p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     delete_p.add_argument("--poll-seconds", type=float, default=10.0, help=argparse.SUPPRESS)
+
+    lambda_cli.add_target_flags(create_p, status_p, delete_p)
 
     package_p = sub.add_parser("package", help="only write model.tar.gz (no AWS calls)")
     package_p.add_argument("--model", required=True)
@@ -116,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_create(args: argparse.Namespace) -> int:
+    if args.target == "lambda":
+        return lambda_cli.run_create(args, _print, _print_progress, _confirm)
+    if not args.model:
+        _print("error: create --target sagemaker needs --model")
+        return 2
     plan = DeployPlan(
         name=args.name,
         model=args.model,
@@ -147,6 +157,8 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    if args.target == "lambda":
+        return lambda_cli.run_status(args, _print, lambda rows: _format_table(rows, TABLE_HEADERS))
     info = status(args.name, args.region)
     _print(_format_table([info.row()], TABLE_HEADERS))
     _print(
@@ -161,7 +173,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    endpoints = list_endpoints(args.region)
+    endpoints = list_targets(args.region)
     if not endpoints:
         _print("No SD Studio endpoints.")
         return 0
@@ -172,6 +184,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_delete(args: argparse.Namespace) -> int:
+    if args.target == "lambda":
+        return lambda_cli.run_delete(args, _print, _print_progress, _confirm)
     if not args.yes and not _confirm(f"Delete endpoint {args.name!r} and everything created for it?"):
         _print("Not confirmed; nothing was deleted.")
         return 3

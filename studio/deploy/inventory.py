@@ -165,6 +165,15 @@ def _list(sm: Any, *, all_in_service: bool) -> list[EndpointInfo]:
     return found
 
 
+def list_targets(region: str | None = None, *, session: Any = None) -> list[Any]:
+    """What `list` shows: SD Studio's SageMaker endpoints, then its Lambda functions (studio.deploy.lambda_inventory;
+    same row() columns, nothing billed while idle)."""
+    from studio.deploy.lambda_inventory import list_functions
+
+    session = session or aws.new_session(resolve_region(region))
+    return [*list_endpoints(region, session=session), *list_functions(region, session=session)]
+
+
 def running_endpoints_warning(region: str | None = None) -> str | None:
     """A start-up warning naming sd-studio endpoints that exist (and may cost money), or None.
 

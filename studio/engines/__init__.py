@@ -24,6 +24,10 @@ def build(settings: EngineSettings) -> Engine:
         from studio.engines.remote import sagemaker_engine
 
         return sagemaker_engine(settings.endpoint or "", limits=settings.limits)
+    if settings.backend is Backend.LAMBDA:
+        from studio.engines.remote import lambda_engine
+
+        return lambda_engine(settings.function or "", limits=settings.limits)
     from studio.engines.local import LocalEngine
 
     accelerator = None

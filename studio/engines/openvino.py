@@ -8,9 +8,14 @@ calls into the compiled models (studio.engines.openvino_modules). Every pipeline
 OpenVINO with the scheduler, seeds and sampler code untouched; the torch weights are released afterwards, so the
 process does not hold both copies.
 
-- Precision: "bf16" (the default) runs OpenVINO's bf16 inference on CPUs with native bf16 (AVX512-BF16 / AMX)
-  — the only setting that reaches ~2x over torch fp32 on such CPUs; "f32" is exact to ~1e-5 of torch (and is what
-  bf16 falls back to on CPUs without native bf16, with a warning in the report).
+- Precision: "bf16" (the default) runs OpenVINO's bf16 inference where the CPU computes bf16 natively — decided
+  from the CPU's own flags (avx512_bf16 or AMX, see `cpu_bf16`), not from OpenVINO's capability list, which also
+  says BF16 on AVX-512 CPUs that only emulate it. It is the only setting that reaches ~2x over torch fp32 on such
+  CPUs. Everywhere else it runs "f32", exact to ~1e-5 of torch (the decision and its reason are logged and shown in
+  the report). Lambda's CPUs vary between cold starts, so this is decided per process, on the CPU it runs on.
+- Prepared models: a folder written by `python -m studio.models export-openvino MODEL DIR`
+  (studio.engines.openvino_export) carries its IR; its networks are compiled from that IR, never converted, and
+  `load_prepared_pipeline` builds the whole pipeline from it without the torch weights.
 - Supported: SD 1.x / 2.x pipelines (4- or 9-channel UNets). SDXL, LCM-distilled UNets (timestep_cond), ControlNet
   residuals, IP-Adapter, LoRA scaling and clip-skip are refused with a message rather than run wrongly.
 
@@ -21,6 +26,7 @@ also works on already-loaded pipelines.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +41,7 @@ from diffusers import DiffusionPipeline
 from studio.config import Device, Precision, cache_dir, parse_enum
 from studio.engine import ModelLoadError
 from studio.engines.local import AcceleratorStatus
+from studio.engines.openvino_export import ExportManifest, manifest_for, read_manifest
 from studio.engines.openvino_ir import TraceSpec, ir_path, module_fingerprint, text_encoder_specs, unet_specs, vae_specs
 from studio.engines.openvino_modules import (
     CompiledNetwork,
@@ -50,7 +57,7 @@ from studio.types import Task
 logger = logging.getLogger(__name__)
 
 _DEVICE = "CPU"  # the OpenVINO device the networks are compiled for
-_SPECS: dict[str, Callable[[Any], list[TraceSpec]]] = {
+SPECS: dict[str, Callable[[Any], list[TraceSpec]]] = {
     "unet": unet_specs,
     "text_encoder": text_encoder_specs,
     "vae": vae_specs,
@@ -60,8 +67,10 @@ __all__ = [
     "OpenVINOAccelerator",
     "OpenVINOReport",
     "apply_openvino",
+    "cpu_bf16",
     "default_cache_dir",
     "is_openvino_module",
+    "load_prepared_pipeline",
     "networks",
 ]
 
@@ -82,6 +91,7 @@ class ComponentReport:
     convert_seconds: float
     compile_seconds: float
     precision: str  # what OpenVINO actually runs, read back from the compiled model
+    prepared: bool = False  # the IR came from a prepared export (studio.engines.openvino_export), not the cache
 
 
 @dataclass
@@ -95,20 +105,24 @@ class OpenVINOReport:
     seconds: float = 0.0
     components: list[ComponentReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    precision_reason: str = ""  # why this precision: the CPU's bf16 flags (or their absence)
 
     @property
     def cache_hits(self) -> int:
         return sum(c.cache_hit for c in self.components)
 
     def summary(self) -> str:
-        parts = ", ".join(f"{c.name}{' (cached)' if c.cache_hit else ''}" for c in self.components)
+        def origin(c: ComponentReport) -> str:
+            return " (prepared)" if c.prepared else " (cached)" if c.cache_hit else ""
+
+        parts = ", ".join(f"{c.name}{origin(c)}" for c in self.components)
         return f"OpenVINO {self.version.split('-')[0]}, {self.precision}: {parts} in {self.seconds:.1f}s"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _check_supported(pipe: DiffusionPipeline) -> None:
+def check_supported(pipe: DiffusionPipeline) -> None:
     unet = getattr(pipe, "unet", None)
     reasons = []
     if getattr(pipe, "text_encoder_2", None) is not None:
@@ -131,6 +145,42 @@ def _check_supported(pipe: DiffusionPipeline) -> None:
         )
 
 
+_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The x86 feature flags of this CPU from /proc/cpuinfo (None where that file is missing or has no flags line,
+    e.g. macOS, Windows or ARM)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return None
+
+
+def cpu_bf16(core: ov.Core | None = None, *, flags: set[str] | None = None) -> tuple[bool, str]:
+    """(whether this CPU computes bf16 natively, the reason in words), from its avx512_bf16 / amx_bf16 flags.
+
+    OpenVINO's OPTIMIZATION_CAPABILITIES lists BF16 on every AVX-512 CPU, including those that only emulate it (slower
+    than f32), so the CPU's own flags decide; without readable flags (not Linux x86), OpenVINO's list is used.
+    """
+    flags = _cpu_flags() if flags is None else flags
+    if flags is not None:
+        found = [flag for flag in _NATIVE_BF16_FLAGS if flag in flags]
+        if found:
+            return True, f"the CPU has {' and '.join(found)}"
+        return False, "the CPU has no avx512_bf16 or AMX (bf16 would be emulated, slower than f32)"
+    core = core or ov.Core()
+    capabilities = core.get_property(_DEVICE, "OPTIMIZATION_CAPABILITIES")
+    if "BF16" in capabilities:
+        return True, "OpenVINO reports BF16 for this CPU (its flags are not readable here)"
+    return False, "OpenVINO reports no BF16 for this CPU"
+
+
 def _compile_config(precision: Precision, supports_bf16: bool) -> tuple[dict[str, str], Precision, list[str]]:
     notes: list[str] = []
     effective = precision
@@ -141,51 +191,103 @@ def _compile_config(precision: Precision, supports_bf16: bool) -> tuple[dict[str
     return config, effective, notes
 
 
-def _modules_to_convert(pipes: Iterable[DiffusionPipeline]) -> list[tuple[str, torch.nn.Module]]:
-    """(attribute, module) for every UNet / text encoder / VAE of `pipes`, each shared module once."""
+def _new_report(precision: Precision, folder: Path, core: ov.Core) -> tuple[OpenVINOReport, dict[str, str]]:
+    """The report of one load and the compile config, with the precision decided for this CPU (and logged)."""
+    supports_bf16, reason = cpu_bf16(core)
+    config, effective, notes = _compile_config(precision, supports_bf16)
+    report = OpenVINOReport(
+        requested_precision=precision.value,
+        precision=effective.value,
+        version=ov.get_version(),
+        cache_dir=str(folder),
+        warnings=notes,
+        precision_reason=reason,
+    )
+    logger.info("OpenVINO precision %s (%s requested): %s", effective.value, precision.value, reason)
+    for note in notes:
+        logger.warning("%s", note)
+    return report, config
+
+
+def _modules_to_convert(
+    pipes: Iterable[DiffusionPipeline],
+) -> list[tuple[str, torch.nn.Module, ExportManifest | None]]:
+    """(attribute, module, the prepared export it came from or None) for every UNet / text encoder / VAE of
+    `pipes`, each shared module once."""
     seen: set[int] = set()
-    todo: list[tuple[str, torch.nn.Module]] = []
+    todo: list[tuple[str, torch.nn.Module, ExportManifest | None]] = []
     for pipe in pipes:
-        _check_supported(pipe)
-        for attr in _SPECS:
+        check_supported(pipe)
+        manifest = manifest_for(pipe)
+        for attr in SPECS:
             module = getattr(pipe, attr, None)
             if module is None or id(module) in seen or is_openvino_module(module):
                 continue
             seen.add(id(module))
-            todo.append((attr, module))
+            todo.append((attr, module, manifest))
     return todo
 
 
+def _compile_ir(
+    name: str,
+    xml: Path,
+    core: ov.Core,
+    config: dict[str, str],
+    report: OpenVINOReport,
+    *,
+    cache_hit: bool = True,
+    convert_seconds: float = 0.0,
+    prepared: bool = False,
+) -> CompiledNetwork:
+    """Compile one IR file for the CPU and record it in `report` with where it came from."""
+    started = time.perf_counter()
+    try:
+        network = CompiledNetwork(name, core.compile_model(core.read_model(str(xml)), _DEVICE, config))
+    except Exception as exc:
+        raise ModelLoadError(f"OpenVINO could not compile the {name} ({xml}): {type(exc).__name__}: {exc}") from exc
+    report.components.append(
+        ComponentReport(
+            name=name,
+            key=xml.parent.name,
+            ir_dir=str(xml.parent),
+            compile_seconds=round(time.perf_counter() - started, 2),
+            precision=network.precision,
+            cache_hit=cache_hit,
+            convert_seconds=convert_seconds,
+            prepared=prepared,
+        )
+    )
+    return network
+
+
 def _compile_module(
-    attr: str, module: torch.nn.Module, core: ov.Core, config: dict[str, str], report: OpenVINOReport, cache: Path
+    attr: str,
+    module: torch.nn.Module,
+    core: ov.Core,
+    config: dict[str, str],
+    report: OpenVINOReport,
+    cache: Path,
+    manifest: ExportManifest | None = None,
 ) -> dict[str, CompiledNetwork]:
-    """The compiled networks of one module (converted or read from the cache), recorded in `report`."""
+    """The compiled networks of one module, recorded in `report`: from the prepared export's IR when `manifest`
+    vouches for this module (no conversion, no fingerprint), else converted or read from the cache."""
+    if manifest is not None:
+        prepared = manifest.ir_files(attr)
+        if prepared:
+            return {name: _compile_ir(name, xml, core, config, report, prepared=True) for name, xml in prepared.items()}
     fingerprint = module_fingerprint(module)
     compiled: dict[str, CompiledNetwork] = {}
-    for spec in _SPECS[attr](module):
+    for spec in SPECS[attr](module):
         try:
             xml, hit, convert_seconds = ir_path(
                 spec, module, fingerprint, cache, report.requested_precision, report.version
             )
-            compile_started = time.perf_counter()
-            network = CompiledNetwork(spec.name, core.compile_model(core.read_model(str(xml)), _DEVICE, config))
         except ModelLoadError:
             raise
         except Exception as exc:
-            raise ModelLoadError(
-                f"OpenVINO could not convert/compile the {spec.name}: {type(exc).__name__}: {exc}"
-            ) from exc
-        compiled[spec.name] = network
-        report.components.append(
-            ComponentReport(
-                name=spec.name,
-                key=xml.parent.name,
-                ir_dir=str(xml.parent),
-                cache_hit=hit,
-                convert_seconds=round(convert_seconds, 2),
-                compile_seconds=round(time.perf_counter() - compile_started, 2),
-                precision=network.precision,
-            )
+            raise ModelLoadError(f"OpenVINO could not convert the {spec.name}: {type(exc).__name__}: {exc}") from exc
+        compiled[spec.name] = _compile_ir(
+            spec.name, xml, core, config, report, cache_hit=hit, convert_seconds=round(convert_seconds, 2)
         )
     return compiled
 
@@ -216,21 +318,12 @@ def apply_openvino(
     started = time.perf_counter()
     precision = parse_enum(Precision, "precision", precision)
     folder = Path(cache) if cache is not None else default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     core = ov.Core()
-    supports_bf16 = "BF16" in core.get_property(_DEVICE, "OPTIMIZATION_CAPABILITIES")
-    config, effective, notes = _compile_config(precision, supports_bf16)
-    report = OpenVINOReport(
-        requested_precision=precision.value,
-        precision=effective.value,
-        version=ov.get_version(),
-        cache_dir=str(folder),
-        warnings=notes,
-    )
-    for note in notes:
-        logger.warning("%s", note)
-    for attr, module in _modules_to_convert(pipes):
-        _install(attr, module, _compile_module(attr, module, core, config, report, folder))
+    report, config = _new_report(precision, folder, core)
+    for attr, module, manifest in _modules_to_convert(pipes):
+        if manifest is None or not manifest.ir_files(attr):
+            folder.mkdir(parents=True, exist_ok=True)  # only when something may be converted into the cache
+        _install(attr, module, _compile_module(attr, module, core, config, report, folder, manifest))
         if release_torch_weights:
             release_weights(module)
     gc.collect()
@@ -254,8 +347,23 @@ class OpenVINOAccelerator:
         self.precision = parse_enum(Precision, "precision", precision)
         self.cache = Path(cache) if cache is not None else None
         self.report: OpenVINOReport | None = None
+        self._prepared: OpenVINOReport | None = None  # set by load_pipeline, consumed by the next apply
+
+    def load_pipeline(self, source: Any, device: str, dtype: torch.dtype) -> DiffusionPipeline | None:
+        """Pre-load hook: a prepared export (a diffusers folder with openvino/manifest.json) is built from its IR
+        alone, without reading its torch weights (`load_prepared_pipeline`); None for any other model, which then
+        loads as usual and goes through `apply`. `source` is a studio.models.ModelSource."""
+        location = Path(str(getattr(source, "location", "")))
+        if read_manifest(location) is None:
+            return None
+        pipe, self._prepared = load_prepared_pipeline(location, self.precision)
+        return pipe
 
     def apply(self, pipelines: Mapping[Task, DiffusionPipeline]) -> None:
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and not _modules_to_convert(pipelines.values()):
+            self.report = prepared  # load_pipeline compiled every network already
+            return
         self.report = apply_openvino(pipelines.values(), self.cache, self.precision)
 
     def status(self) -> AcceleratorStatus:
@@ -263,6 +371,88 @@ class OpenVINOAccelerator:
         if report is None:
             return AcceleratorStatus(details={"accelerator": f"OpenVINO ({self.precision}), not loaded yet"})
         details = {"accelerator": report.summary()}
+        if report.precision_reason:
+            details["precision"] = f"{report.precision}: {report.precision_reason}"
         if report.warnings:
             details["openvino"] = "; ".join(report.warnings)
         return AcceleratorStatus(dtype=report.precision, details=details)
+
+
+def _weightless(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` (built on the meta device) with empty CPU tensors for every parameter and buffer: the state
+    `release_weights` leaves after a conversion (dtype, device and config readable; the calls go to OpenVINO)."""
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is not None:
+                sub._parameters[name] = torch.nn.Parameter(torch.empty(0, dtype=param.dtype), requires_grad=False)
+        for name, buffer in list(sub._buffers.items()):
+            if buffer is not None:
+                sub._buffers[name] = torch.empty(0, dtype=buffer.dtype)
+    return module.eval()
+
+
+def _weightless_components(folder: Path) -> dict[str, torch.nn.Module]:
+    """The UNet, text encoder and VAE of the diffusers folder `folder`, from their configs only."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+    return {"unet": _weightless(unet), "text_encoder": _weightless(text_encoder), "vae": _weightless(vae)}
+
+
+def load_prepared_pipeline(
+    folder: Path | str, precision: Precision | str = Precision.BF16, *, core: ov.Core | None = None
+) -> tuple[DiffusionPipeline, OpenVINOReport]:
+    """A text-to-image pipeline running on the IR of a prepared export, built without its torch weights.
+
+    The modules are made from the folder's configs on the meta device and given empty weights; their calls go to
+    the networks compiled from openvino/ (precision decided for this CPU). What a cold start then reads is the IR
+    only: no torch weights, no conversion, no fingerprint. Raises ModelLoadError naming what is missing.
+    """
+    import diffusers
+    from transformers import CLIPTokenizer
+
+    started = time.perf_counter()
+    manifest = read_manifest(Path(folder))
+    if manifest is None:
+        raise ModelLoadError(
+            f"{folder}: not a prepared OpenVINO model (no openvino/manifest.json); prepare one with "
+            "`python -m studio.models export-openvino MODEL DIR`"
+        )
+    precision = parse_enum(Precision, "precision", precision)
+    core = core or ov.Core()
+    report, config = _new_report(precision, manifest.folder / "openvino", core)
+    try:
+        modules = _weightless_components(manifest.folder)
+        index = json.loads((manifest.folder / "model_index.json").read_text())
+        scheduler_class = getattr(diffusers, index["scheduler"][1])
+        scheduler = scheduler_class.from_pretrained(manifest.folder / "scheduler")
+        tokenizer = CLIPTokenizer.from_pretrained(manifest.folder / "tokenizer")
+    except Exception as exc:
+        raise ModelLoadError(f"{manifest.folder}: cannot build the pipeline: {type(exc).__name__}: {exc}") from exc
+    for attr, module in modules.items():
+        files = manifest.ir_files(attr, verify_weights=False)
+        if not files:
+            raise ModelLoadError(f"{manifest.folder}: the export has no IR for its {attr}; export it again")
+        _install(
+            attr,
+            module,
+            {name: _compile_ir(name, xml, core, config, report, prepared=True) for name, xml in files.items()},
+        )
+    pipe = diffusers.StableDiffusionPipeline(
+        **modules,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.register_to_config(_name_or_path=str(manifest.folder))
+    pipe.set_progress_bar_config(disable=True)
+    check_supported(pipe)
+    report.seconds = round(time.perf_counter() - started, 2)
+    logger.info("%s (from the prepared IR, no torch weights)", report.summary())
+    return pipe, report

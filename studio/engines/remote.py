@@ -3,8 +3,9 @@
 The request is validated here with the same `GenerationRequest.validate` the server uses, so bad input fails before
 any network call, and the seed is resolved here so the caller knows it. The body is the one wire codec
 (studio.wire) in both directions. `sagemaker_engine(name)` picks real-time or async from the endpoint's config;
-`http_engine(url)` talks to any host running `python -m studio.serving`. Nothing here imports torch or boto3 at
-import time: a remote-only studio stays light.
+`http_engine(url)` talks to any host running `python -m studio.serving`; `lambda_engine(function)` to a Lambda
+function running studio.serving.aws_lambda (by name/ARN with lambda.invoke, or by its function URL, SigV4-signed).
+Nothing here imports torch or boto3 at import time: a remote-only studio stays light.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ STATUS_TTL = 5.0  # seconds a transport check is reused (Settings may poll statu
 
 
 class RemoteEngine:
-    """The Engine protocol over a transport; results come back with backend "http" or "sagemaker".
+    """The Engine protocol over a transport; results come back with backend "http", "sagemaker" or "lambda".
 
     `fetch` reads images a response gives only as URIs (a server writing its results to S3); without it such a
     response is an error naming the field.
@@ -145,3 +146,27 @@ def sagemaker_engine(
     else:
         transport = SageMakerRealtime(endpoint_name, make_runtime_client(session), sagemaker_client=sagemaker)
     return RemoteEngine(transport, name=endpoint_name, limits=limits, fetch=S3Reader(s3))
+
+
+def lambda_engine(
+    function: str, *, session: Any = None, limits: Limits = DEFAULT_LIMITS, sign_url: bool = True
+) -> RemoteEngine:
+    """A RemoteEngine for a Lambda function running studio.serving.aws_lambda.handler.
+
+    `function` is a function name or ARN (invoked with lambda.invoke, RequestResponse) or its function URL (POSTed,
+    SigV4-signed unless `sign_url` is False, for a URL with AuthType NONE). Images a response names by s3:// URI
+    (s3_output) are read with the same session's S3 client. Nothing is called here: `load()` checks the function.
+    """
+    from studio.engines.lambda_transport import LambdaFunctionUrl, LambdaInvoke, is_function_url, make_lambda_client
+
+    session = session if session is not None else aws.new_session()
+    transport: Transport
+    if is_function_url(function):
+        transport = LambdaFunctionUrl(function, session=session, sign=sign_url)
+    else:
+        transport = LambdaInvoke(function, make_lambda_client(session))
+
+    def s3() -> Any:
+        return aws.client("s3", session=session)
+
+    return RemoteEngine(transport, name=transport.target, limits=limits, fetch=S3Reader(s3))

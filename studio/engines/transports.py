@@ -8,7 +8,8 @@
   "queued" progress is reported as on_progress(0, total); cancel stops waiting.
 
 Clients come from studio.aws (imported lazily there: building a transport with injected clients never imports
-boto3), and botocore errors are classified there too. requests is imported on first use.
+boto3), and botocore errors are classified there too. requests is imported on first use. The AWS Lambda transports
+(lambda.invoke and function URLs) are in studio.engines.lambda_transport.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def container_error(text: str, status: int | None = None) -> Exception:
     return EngineError(snippet or f"the server answered HTTP {status} without a message")
 
 
-def _sleep_or_cancel(seconds: float, cancel: CancelToken | None, sleep: Callable[[float], None]) -> None:
+def sleep_or_cancel(seconds: float, cancel: CancelToken | None, sleep: Callable[[float], None]) -> None:
     """Sleep `seconds` in short slices so a cancel is noticed quickly."""
     remaining = seconds
     while remaining > 0:
@@ -88,7 +89,7 @@ def _sleep_or_cancel(seconds: float, cancel: CancelToken | None, sleep: Callable
         remaining -= step
 
 
-def _run_cancellable(fn: Callable[[], Any], cancel: CancelToken | None, what: str) -> Any:
+def run_cancellable(fn: Callable[[], Any], cancel: CancelToken | None, what: str) -> Any:
     """Run a blocking call in a thread; if `cancel` fires first, stop waiting (the call finishes unseen)."""
     if cancel is None:
         return fn()
@@ -149,7 +150,7 @@ class HttpTransport:
             )
 
         try:
-            response = _run_cancellable(call, cancel, self.target)
+            response = run_cancellable(call, cancel, self.target)
         except requests.Timeout:
             raise EngineError(f"{self.target} did not answer within {self.timeout[1]:g} s") from None
         except requests.ConnectionError as exc:
@@ -269,7 +270,7 @@ class SageMakerRealtime:
         delays = self.backoff.delays()
         for attempt in range(self.max_retries + 1):
             try:
-                response = _run_cancellable(
+                response = run_cancellable(
                     lambda: self.runtime.invoke_endpoint(
                         EndpointName=self.endpoint, Body=body, ContentType="application/json", Accept="application/json"
                     ),
@@ -284,7 +285,7 @@ class SageMakerRealtime:
                 if aws.is_throttling(exc) and attempt < self.max_retries:
                     delay = next(delays)
                     logger.info("%s is throttling (attempt %d); retrying in %.1fs", self.endpoint, attempt + 1, delay)
-                    _sleep_or_cancel(delay, cancel, self.sleep)
+                    sleep_or_cancel(delay, cancel, self.sleep)
                     if cancel is not None and cancel.is_set():
                         raise GenerationCancelled() from None
                     continue
@@ -427,7 +428,7 @@ class SageMakerAsync:
                     f"{self.endpoint}: no result after {self.timeout:g} s; the request may still be queued "
                     f"(its result will appear at {output})"
                 )
-            _sleep_or_cancel(min(next(delays), max(0.0, deadline - time.monotonic())), cancel, self.sleep)
+            sleep_or_cancel(min(next(delays), max(0.0, deadline - time.monotonic())), cancel, self.sleep)
 
     def _fetch(self, uri: str) -> bytes | None:
         """The object at `uri`, or None while it does not exist yet."""

@@ -1,9 +1,11 @@
-"""Command line for the model tools: build the demo model and its demo LoRA and VAE, list the models in a folder.
+"""Command line for the model tools: build the demo model and its demo LoRA and VAE, list the models in a folder,
+prepare a model with its OpenVINO IR (for images whose cold start must never convert, e.g. AWS Lambda).
 
 python -m studio.models build-demo DIR [--inpaint]
 python -m studio.models build-demo-lora PATH.safetensors [--seed N]
 python -m studio.models build-demo-vae PATH.safetensors
 python -m studio.models list [MODELS_DIR]
+python -m studio.models export-openvino MODEL DIR [--precision bf16|f32] [--models-dir DIR]
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from studio.config import Precision
 from studio.engine import ModelLoadError
 from studio.models.demo import build_demo
 from studio.models.demo_extras import build_demo_lora, build_demo_vae
@@ -32,7 +35,31 @@ def _parser() -> argparse.ArgumentParser:
     vae.add_argument("path", type=Path, help="the .safetensors (or .pt) file (e.g. models/VAE/demo.safetensors)")
     listing = commands.add_parser("list", help="list the models found in a models folder")
     listing.add_argument("models_dir", type=Path, nargs="?", default=Path("models"))
+    export = commands.add_parser(
+        "export-openvino", help="write MODEL as a diffusers folder with its converted OpenVINO IR (the engine loads it)"
+    )
+    export.add_argument("model", help="a diffusers folder, .safetensors/.ckpt file, hub id or 'demo'")
+    export.add_argument("dir", type=Path, help="the folder to write (an earlier export there is replaced)")
+    export.add_argument(
+        "--precision",
+        choices=[p.value for p in Precision],
+        default=Precision.BF16.value,
+        help="bf16 (default): fp16-compressed IR weights, half the size; f32: fp32 IR weights. The inference "
+        "precision is chosen per CPU when the model loads.",
+    )
+    export.add_argument("--models-dir", type=Path, default=Path("models"), help="where MODEL names are looked up")
     return parser
+
+
+def _export_openvino(args: argparse.Namespace) -> None:
+    try:
+        from studio.engines.openvino_export import export_openvino
+    except ImportError as exc:  # openvino (or torch) missing
+        raise ModelLoadError(f"export-openvino needs the openvino package: pip install openvino ({exc})") from exc
+    manifest = export_openvino(args.model, args.dir, precision=args.precision, models_dir=args.models_dir)
+    for component in manifest.components:
+        print(f"{component.name}\t{args.dir / component.ir_dir}")
+    print(args.dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             print(build_demo_lora(args.path, seed=args.seed))
         elif args.command == "build-demo-vae":
             print(build_demo_vae(args.path))
+        elif args.command == "export-openvino":
+            _export_openvino(args)
         else:
             found = discover_models(args.models_dir)
             for source in found:

@@ -16,6 +16,10 @@ from studio.ui.deploy_panel import build_deploy_panel
 
 logger = logging.getLogger(__name__)
 
+MISSING_FUNCTION = (
+    "function: give a Lambda function name, ARN or function URL (e.g. one made by python -m studio.deploy "
+    "create --target lambda)"
+)
 DEMO_BANNER = (
     "**Demo model in use.** The images come from a tiny *untrained* model with random weights: they look like "
     "noise. It exists so every part of the studio works on any machine. To make real pictures, put a Stable "
@@ -69,8 +73,10 @@ def load_model(
 
 
 def use_backend(controller: StudioController, backend: str, target: str | None) -> tuple[str, Any]:
-    """Switch generation to `backend` ("local", "http" or "sagemaker") at `target` (a model, the URL of a serving
-    app, or a SageMaker endpoint name)."""
+    """Switch generation to `backend` ("local", "http", "sagemaker" or "lambda") at `target` (a model, the URL of a
+    serving app, a SageMaker endpoint name, or a Lambda function name, ARN or function URL)."""
+    if backend == Backend.LAMBDA.value and not (target or "").strip():
+        raise gr.Error(MISSING_FUNCTION, title="Backend not changed")
     try:
         controller.switch_backend(backend, target or "")
     except (EngineError, ValueError) as err:
@@ -89,6 +95,18 @@ def list_endpoints(controller: StudioController) -> Any:
         raise gr.Error(f"Could not list endpoints: {err}") from None
     gr.Info(f"{len(names)} InService endpoint(s)")
     return gr.update(choices=names, value=names[0] if names else None)
+
+
+def list_lambda_functions() -> tuple[Any, Any]:
+    """SD Studio's Lambda functions in the default region, as choices for the target box (and the lambda backend)."""
+    from studio.deploy.lambda_inventory import list_functions  # boto3 only when asked
+
+    try:
+        names = [info.name for info in list_functions()]
+    except Exception as err:  # shown to the user, not swallowed
+        raise gr.Error(f"Could not list Lambda functions: {err}") from None
+    gr.Info(f"{len(names)} SD Studio Lambda function(s)")
+    return gr.update(value=Backend.LAMBDA.value), gr.update(choices=names, value=names[0] if names else None)
 
 
 def rescan_models(controller: StudioController) -> Any:
@@ -128,11 +146,13 @@ def build_settings_tab(controller: StudioController, banner: gr.Markdown) -> gr.
             target = gr.Dropdown(
                 choices=[],
                 allow_custom_value=True,
-                label="Target: model (local), URL of a serving app (http), or endpoint name (sagemaker)",
+                label="Target: model (local), URL of a serving app (http), endpoint name (sagemaker), or function "
+                "name, ARN or function URL (lambda)",
                 scale=3,
             )
         with gr.Row():
             endpoints = gr.Button("List InService SageMaker endpoints", size="sm")
+            functions = gr.Button("List SD Studio Lambda functions", size="sm")
             use = gr.Button("Use this backend", variant="primary", elem_id="settings-use-backend")
 
     shown = [status_box, banner]
@@ -143,6 +163,7 @@ def build_settings_tab(controller: StudioController, banner: gr.Markdown) -> gr.
     )
     use.click(bind(use_backend, controller), [backend, target], shown, api_name="use_backend", concurrency_id="engine")
     endpoints.click(bind(list_endpoints, controller), None, target, api_visibility="private")
+    functions.click(list_lambda_functions, None, [backend, target], api_visibility="private")
 
     with gr.Accordion("Deploy a SageMaker endpoint", open=False):
         build_deploy_panel(functools.partial(use_endpoint, controller))

@@ -171,11 +171,11 @@ def test_bad_precision_and_device_are_errors():
 def test_sdxl_like_pipelines_are_refused_with_a_message():
     from types import SimpleNamespace
 
-    from studio.engines.openvino import _check_supported
+    from studio.engines.openvino import check_supported
 
     pipe = SimpleNamespace(text_encoder_2=object(), unet=None, vae=None)
     with pytest.raises(ModelLoadError, match="SDXL"):
-        _check_supported(pipe)
+        check_supported(pipe)
 
 
 def test_converter_telemetry_is_routed_to_the_stub():
