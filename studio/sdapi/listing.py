@@ -56,12 +56,20 @@ class HashCache:
     def __init__(self) -> None:
         self._hashes: dict[str, tuple[str | None, str | None]] = {}
 
+    def known(self, source: Any) -> tuple[str | None, str | None]:
+        """The hashes of a model hashed before (a model keeps its title once it was loaded, as in A1111)."""
+        return self._hashes.get(self._key(source), (None, None))
+
+    @staticmethod
+    def _key(source: Any) -> str:
+        return f"{source.kind}:{source.location}"
+
     def get(self, source: Any) -> tuple[str | None, str | None]:
         """(A1111's 10-hex short hash, full sha256 or None) of a studio.models.ModelSource."""
         from studio.models import ModelKind, model_hash
         from studio.models.hashing import sha256_files
 
-        key = f"{source.kind}:{source.location}"
+        key = self._key(source)
         if key not in self._hashes:
             try:
                 if source.kind is ModelKind.SINGLE_FILE:
@@ -95,7 +103,7 @@ def checkpoints(status: EngineStatus, models_dir: Path, hashes: HashCache) -> li
                 logger.warning("could not resolve the loaded model %s: %s", loaded_location, err)
     entries = []
     for source in ([loaded] if loaded is not None else []) + [s for s in sources if s != loaded]:
-        digest, full = hashes.get(source) if source == loaded else (None, None)
+        digest, full = hashes.get(source) if source == loaded else hashes.known(source)
         entries.append(_entry(source, digest, full))
     return entries
 
@@ -125,6 +133,10 @@ def find_checkpoint(name: str, entries: list[Checkpoint], loc: tuple[str, ...]) 
     folded = [e for e in entries if name.lower() in (n.lower() for n in e.names())]
     if len(folded) == 1:
         return folded[0]
+    plain = name.split(" [", 1)[0]  # a title with a hash this process has not computed (yet)
+    by_plain = [e for e in entries if e.title.split(" [", 1)[0] == plain]
+    if plain != name and len(by_plain) == 1:
+        return by_plain[0]
     titles = ", ".join(repr(e.title) for e in entries[:20]) or "none"
     raise invalid(loc, f"unknown checkpoint {name!r}; available titles: {titles}", name)
 

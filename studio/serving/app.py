@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -67,7 +68,22 @@ def create_app(
     app.state.invoker = invoker
     app.include_router(router)
     app.include_router(_sdapi_router(engine, settings))
+    app.openapi = _openapi(app, settings)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI, settings: ServingSettings) -> Any:
+    """/openapi.json with the /invocations request body described for this app's limits (the route itself reads
+    the raw body: the codec decodes it)."""
+
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema["paths"]["/invocations"]["post"]["requestBody"] = invocation_openapi(settings.limits)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return document
 
 
 def _sdapi_router(engine: Engine, settings: ServingSettings) -> APIRouter:
@@ -116,7 +132,7 @@ def ping(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.post("/invocations", openapi_extra=invocation_openapi())
+@router.post("/invocations")
 async def invocations(request: Request) -> JSONResponse:
     state: ServingState = request.app.state.serving
     started = time.perf_counter()

@@ -25,7 +25,8 @@ from starlette.concurrency import run_in_threadpool
 
 from studio.sdapi import ApiError, SdapiService
 from studio.sdapi import fields as a1111
-from studio.types import RequestError
+from studio.serving.schema import require_unreachable_defaults
+from studio.types import Limits, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +56,6 @@ _TYPES: dict[str, Any] = {
     "override_settings": dict[str, Any] | None, "alwayson_scripts": dict[str, Any] | None,
     "comments": dict[str, Any] | None,
 }  # fmt: skip
-_LIMITED: dict[str, dict[str, Any]] = {
-    "steps": {"ge": 1, "le": 150},
-    "width": {"ge": 8, "le": 2048, "multiple_of": 8},
-    "height": {"ge": 8, "le": 2048, "multiple_of": 8},
-    "batch_size": {"ge": 1, "le": 16},
-    "n_iter": {"ge": 1, "le": 16},
-}
 _DESCRIPTIONS = {
     "sampler_name": "A sampler from /sdapi/v1/samplers; old combined names ('DPM++ 2M Karras') are split.",
     "scheduler": "A schedule type from /sdapi/v1/schedulers (name or label).",
@@ -77,11 +71,65 @@ def _doc_model(name: str, defaults: dict[str, Any]) -> type[BaseModel]:
     for field_name, default in defaults.items():
         kind = _TYPES.get(field_name, type(default) | None if default is not None else str | None)
         extra = {"description": _DESCRIPTIONS[field_name]} if field_name in _DESCRIPTIONS else {}
-        if field_name in _LIMITED:
-            kind = int
-            extra.update(_LIMITED[field_name])
         specs[field_name] = (kind, Field(default=default, **extra))
     return create_model(name, __config__=ConfigDict(extra="allow"), **specs)
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _valid_values(limits: Limits) -> dict[str, dict[str, Any]]:
+    """What this deployment accepts for the fields that have a range or a list of names (the limits and names
+    GenerationRequest.validate enforces, so the description does not promise more than the server takes)."""
+    from studio.samplers import SCHEDULES, sampler_names
+    from studio.types import MASKED_CONTENT, MAX_CLIP_SKIP, MAX_HIRES_SCALE, MAX_INPAINT_PADDING, MAX_SEED
+    from studio.upscalers import BUILTIN_UPSCALERS
+
+    size = {"type": "integer", "minimum": 8, "multipleOf": 8}
+    schedules = [name for spec in SCHEDULES for name in (spec.api_name, spec.name)]
+    return {
+        "prompt": {"type": "string", "maxLength": limits.max_prompt_chars},
+        "negative_prompt": {"type": "string", "maxLength": limits.max_prompt_chars},
+        "steps": {"type": "integer", "minimum": 1, "maximum": limits.max_steps},
+        "width": {**size, "maximum": limits.max_width},
+        "height": {**size, "maximum": limits.max_height},
+        "batch_size": {"type": "integer", "minimum": 1, "maximum": limits.max_count},
+        "n_iter": {"type": "integer", "minimum": 1, "maximum": limits.max_count},
+        "cfg_scale": {"type": "number", "minimum": limits.min_cfg_scale, "maximum": limits.max_cfg_scale},
+        "seed": {"type": "integer", "minimum": -1, "maximum": MAX_SEED},
+        "sampler_name": _nullable({"enum": sampler_names()}),
+        "sampler_index": {"enum": sampler_names()},
+        "scheduler": _nullable({"enum": schedules}),
+        "hr_upscaler": _nullable({"enum": [spec.name for spec in BUILTIN_UPSCALERS]}),
+        "hr_scale": {"type": "number", "minimum": 1, "maximum": MAX_HIRES_SCALE},
+        "denoising_strength": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
+        "script_name": {"type": "null", "description": "This studio runs no scripts."},
+        "alwayson_scripts": {"type": "object", "maxProperties": 0, "description": "This studio has none."},
+        "mask_blur": _nullable({"type": "integer", "minimum": 0, "maximum": 64}),
+        "inpainting_fill": {"type": "integer", "minimum": 0, "maximum": len(MASKED_CONTENT) - 1},
+        "resize_mode": {"type": "integer", "minimum": 0, "maximum": 3},
+        "inpaint_full_res_padding": {"type": "integer", "minimum": 0, "maximum": MAX_INPAINT_PADDING},
+        "override_settings": _nullable({
+            "type": "object",
+            "properties": {
+                "sd_model_checkpoint": {"type": "string"},
+                "CLIP_stop_at_last_layers": {"type": "integer", "minimum": 1, "maximum": MAX_CLIP_SKIP},
+                "sd_vae": {"type": "string"},
+            },
+        }),
+    }  # fmt: skip
+
+
+def request_schema(model: type[BaseModel], limits: Limits) -> dict[str, Any]:
+    """`model`'s JSON schema with this deployment's limits and names (see _valid_values)."""
+    schema = model.model_json_schema()
+    properties = schema["properties"]
+    for name, valid in _valid_values(limits).items():
+        if name in properties:
+            old = properties[name]
+            properties[name] = {**valid, **{key: old[key] for key in ("default", "title", "description") if key in old}}
+    return require_unreachable_defaults(schema)
 
 
 Txt2ImgRequest = _doc_model("StableDiffusionProcessingTxt2Img", a1111.TXT2IMG_DEFAULTS)
@@ -112,9 +160,8 @@ class PNGInfoResponse(BaseModel):
     parameters: dict[str, Any]
 
 
-def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """openapi_extra describing a JSON request body with `model`'s schema."""
-    schema = model.model_json_schema()
+def json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """openapi_extra describing a JSON request body with `schema`."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
@@ -190,6 +237,8 @@ def build_router(
         except RequestError as exc:
             raise ApiError(422, {"detail": [{"loc": ["body"], "msg": str(exc), "type": "json_invalid"}]}) from None
 
+    limits = service.host.limits
+
     def posted(path: str, function: Callable[[Any], Any], model: type[BaseModel] | None = None, **kw: Any) -> None:
         async def endpoint(request: Request) -> JSONResponse:
             try:
@@ -199,7 +248,7 @@ def build_router(
             return await call(function, payload)
 
         endpoint.__name__ = function.__name__
-        extra = json_body(model) if model is not None else None
+        extra = json_body(request_schema(model, limits)) if model is not None else None
         router.add_api_route(path, endpoint, methods=["POST"], openapi_extra=extra, **kw)
 
     def got(path: str, function: Callable[[], Any], **kw: Any) -> None:
