@@ -22,7 +22,9 @@ MB_PER_VCPU = 1769  # Lambda's documented CPU share: one vCPU per 1,769 MB, up t
 REFERENCE_THREADS = 2
 STEP_SECONDS = {"f32": 8.13, "bf16": 4.26}
 DECODE_SECONDS = {"f32": 16.4, "bf16": 6.4}
-MIN_MEMORY_MB = {"sd15": 6144, "demo": 1024}  # what the model needs to load and run (RSS), rounded up
+# Memory SD 1.5 needs at 512x512 (peak RSS measured here, rounded up): f32 ~8.3 GB, bf16 (fp16 IR weights) ~5 GB.
+# The demo model needs ~0.65 GB.
+MIN_MEMORY_MB = {"f32": 10240, "bf16": 6144}
 
 
 def vcpus(memory_mb: int) -> float:
@@ -45,7 +47,11 @@ def price_per_image(memory_mb: int, precision: str = "f32", steps: int = 20) -> 
 def describe_lambda_price(memory_mb: int, steps: int = 20) -> str:
     """One human sentence about what an image costs at `memory_mb` (for the CLI prompt and the UI)."""
     f32, bf16 = seconds_per_image(memory_mb, "f32", steps), seconds_per_image(memory_mb, "bf16", steps)
-    low = "" if memory_mb >= MIN_MEMORY_MB["sd15"] else f" (below {MIN_MEMORY_MB['sd15']} MB SD 1.5 does not fit)"
+    low = ""
+    if memory_mb < MIN_MEMORY_MB["bf16"]:
+        low = f" (too little for SD 1.5: it needs {MIN_MEMORY_MB['bf16']} MB with bf16, {MIN_MEMORY_MB['f32']} MB f32)"
+    elif memory_mb < MIN_MEMORY_MB["f32"]:
+        low = f" (SD 1.5 at 512x512 needs {MIN_MEMORY_MB['f32']} MB on CPUs without bf16)"
     return (
         f"Lambda {memory_mb} MB ({vcpus(memory_mb):.1f} vCPU){low}: one 512x512 SD 1.5 image, {steps} steps, takes "
         f"about {f32:.0f} s and costs ${price_per_image(memory_mb, 'f32', steps):.4f} on CPUs without bf16 "

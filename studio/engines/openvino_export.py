@@ -64,6 +64,7 @@ class ExportManifest:
     source: str  # the model that was exported
     created: str
     components: list[PreparedComponent] = field(default_factory=list)
+    model_hash: str = ""  # A1111's "Model hash" of the exported UNet weights (what the infotext records)
     format: int = MANIFEST_FORMAT
 
     def as_json(self) -> str:
@@ -183,6 +184,7 @@ def export_openvino(
     from studio import models
     from studio.engines.openvino import SPECS, check_supported, default_cache_dir
     from studio.engines.openvino_ir import ir_path, module_fingerprint
+    from studio.models.hashing import sha256_files
 
     started = time.perf_counter()
     precision = parse_enum(Precision, "precision", precision)
@@ -220,6 +222,8 @@ def export_openvino(
                         weights_digest=weights_digest(tmp / attr),
                     )
                 )
+        unet_weights = sorted(p for p in (tmp / "unet").iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+        manifest.model_hash = sha256_files(unet_weights)[:10] if unet_weights else ""
         (tmp / MANIFEST).write_text(manifest.as_json())
     logger.info("exported %s to %s in %.0fs", source.name, out_dir, time.perf_counter() - started)
     return manifest

@@ -10,7 +10,7 @@ from studio.config import cache_dir
 from studio.fs import file_lock
 from studio.models import DEMO_VERSION
 
-EXPORT_FORMAT = 1  # bump when studio.engines.openvino_export changes what an export holds
+EXPORT_FORMAT = 2  # bump when studio.engines.openvino_export changes what an export holds
 
 
 def exported_demo(precision: str = "f32") -> Path:

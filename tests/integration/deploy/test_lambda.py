@@ -167,7 +167,7 @@ def test_cli_create_list_status_delete(lam, capsys, monkeypatch):
                  "--timeout", "600", "--model", "demo", "--yes", *common])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "Lambda 6144 MB (3.5 vCPU): one 512x512 SD 1.5 image, 20 steps" in out  # the price before creating
+    assert "Lambda 6144 MB (3.5 vCPU)" in out and "one 512x512 SD 1.5 image, 20 steps" in out  # the price first
     for step in ("[role]", "[logs]", "[function]", "[wait]", "[url]"):
         assert step in out
     assert "Function URL (AWS_IAM): https://" in out and "--backend lambda --function sd-cli" in out
@@ -201,7 +201,9 @@ def test_price_per_image_from_the_shipped_table():
     assert target.price_per_image(10240) == pytest.approx(target.price_per_image(4096), rel=0.01)
     assert target.price_per_image(10240, "bf16") < target.price_per_image(10240, "f32")
     text = target.describe_lambda_price(2048)
-    assert "below 6144 MB SD 1.5 does not fit" in text and "$0 while idle" in text and "2025-06" in text
+    assert "too little for SD 1.5" in text and "$0 while idle" in text and "2025-06" in text
+    assert "needs 10240 MB on CPUs without bf16" in target.describe_lambda_price(6144)
+    assert "needs" not in target.describe_lambda_price(10240)
 
 
 def test_settings_lists_lambda_functions_and_needs_a_target(lam, monkeypatch):

@@ -19,7 +19,7 @@ from studio.engine import ModelLoadError  # noqa: E402
 from studio.engines import openvino as ov_engine_module  # noqa: E402
 from studio.engines.openvino import OpenVINOAccelerator, cpu_bf16, load_prepared_pipeline, networks  # noqa: E402
 from studio.engines.openvino_export import MANIFEST, read_manifest, weights_digest  # noqa: E402
-from studio.models import resolve_model  # noqa: E402
+from studio.models import model_hash, resolve_model  # noqa: E402
 from studio.models.__main__ import main as models_main  # noqa: E402
 from studio.testing.exports import exported_demo  # noqa: E402
 from studio.types import GenerationRequest, Task  # noqa: E402
@@ -45,6 +45,7 @@ def test_the_export_is_a_diffusers_folder_with_its_ir(export):
     assert (export / "model_index.json").is_file() and (export / "unet" / "config.json").is_file()
     assert [c.name for c in manifest.components] == ["unet", "text_encoder", "vae_decoder", "vae_encoder"]
     assert manifest.weights == "fp32" and manifest.source == "demo"
+    assert manifest.model_hash == model_hash(resolve_model(str(export), export)) != ""
     for component in manifest.components:
         assert (export / component.ir_dir / "model.xml").is_file() and (
             export / component.ir_dir / "model.bin"
