@@ -19,6 +19,7 @@ Nothing here imports gradio: `plan()` reads settings and one small JSON file; ap
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import socket
@@ -131,8 +132,7 @@ def detect_sagemaker(metadata_file: Path | None = None) -> SageMakerHost | None:
 
 
 def is_loopback(host: str) -> bool:
-    import ipaddress
-
+    """True for names and addresses only this machine reaches (as app.check_exposure decides)."""
     if host in LOOPBACK_NAMES:
         return True
     try:
