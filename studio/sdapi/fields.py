@@ -159,7 +159,7 @@ def _validated(
     try:
         request = GenerationRequest(**kwargs).validate(limits)
     except RequestError as exc:
-        raise field_error(exc, names) from None
+        raise field_error(_with_limit(exc, limits), names) from None
     total = batch_size * n_iter
     if total > limits.max_count:
         name = "batch_size" if batch_size > limits.max_count else "n_iter"
@@ -171,11 +171,34 @@ def _validated(
     return request
 
 
+# The studio's limits that are tighter than A1111's (which has none), and the setting that raises each.
+_LIMITS = {
+    "steps": ("max_steps", "STUDIO_MAX_STEPS"),
+    "hires_steps": ("max_steps", "STUDIO_MAX_STEPS"),
+    "count": ("max_count", "STUDIO_MAX_COUNT"),
+    "width": ("max_width", "STUDIO_MAX_WIDTH"),
+    "height": ("max_height", "STUDIO_MAX_HEIGHT"),
+}
+
+
+def _with_limit(exc: RequestError, limits: Limits) -> RequestError:
+    """`exc`, saying which studio setting it hit when a value is over one of the studio's own limits."""
+    message = str(exc).removeprefix(f"{exc.field}: ")
+    setting = "STUDIO_MAX_PIXELS" if "pixel limit" in message else None
+    if setting is None and exc.field in _LIMITS:
+        attribute, name = _LIMITS[exc.field]
+        over = isinstance(exc.value, int | float) and not isinstance(exc.value, bool)
+        setting = name if over and exc.value > getattr(limits, attribute) else None
+    if setting is None:
+        return exc
+    return RequestError(exc.field, exc.value, f"{message} (this studio's limit, set by {setting})")
+
+
 def _check_size(kwargs: dict[str, Any], limits: Limits, names: dict[str, str | Loc]) -> None:
     try:
         GenerationRequest(prompt="", width=kwargs["width"], height=kwargs["height"]).validate(limits)
     except RequestError as exc:
-        raise field_error(exc, names) from None
+        raise field_error(_with_limit(exc, limits), names) from None
 
 
 def _sampler(payload: dict[str, Any], body: dict[str, Any]) -> tuple[Any, str]:

@@ -72,9 +72,18 @@ def test_sampler_name_wins_over_sampler_index_and_combined_names_split():
     [
         ({"width": 100}, ["body", "width"], "multiple of 8"),
         ({"steps": "ten"}, ["body", "steps"], "whole number"),
-        ({"steps": 151}, ["body", "steps"], "between 1 and 150"),
+        (
+            {"steps": 151},
+            ["body", "steps"],
+            "between 1 and 150, got 151 (this studio's limit, set by STUDIO_MAX_STEPS)",
+        ),
+        ({"width": 4096}, ["body", "width"], "(this studio's limit, set by STUDIO_MAX_WIDTH)"),
         ({"cfg_scale": "high"}, ["body", "cfg_scale"], "number"),
-        ({"batch_size": 9}, ["body", "batch_size"], "between 1 and 8"),
+        (
+            {"batch_size": 9},
+            ["body", "batch_size"],
+            "between 1 and 8, got 9 (this studio's limit, set by STUDIO_MAX_COUNT)",
+        ),
         ({"batch_size": 4, "n_iter": 3}, ["body", "n_iter"], "4 x 3 = 12 images"),
         ({"n_iter": 0}, ["body", "n_iter"], "at least 1"),
         ({"enable_hr": True, "hr_scale": 9}, ["body", "hr_scale"], "between 1 and 8"),
