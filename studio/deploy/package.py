@@ -18,14 +18,13 @@ import logging
 import os
 import re
 import tarfile
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from studio.config import SAGEMAKER_MODEL_DIR
 from studio.deploy.plan import DeployError, DeployPlan
-from studio.deploy.wheels import WHEELS_DIR, WheelTarget, download_wheels, offline_requirements, pinned_closure
+from studio.deploy.wheels import WHEELS_DIR, WheelTarget, cached_wheels, offline_requirements, pinned_closure
 from studio.models import ModelKind
 
 log = logging.getLogger(__name__)
@@ -131,16 +130,15 @@ def package_model(plan: DeployPlan, out_path: str | os.PathLike[str]) -> Path:
     extras = plan.extra_files()  # PlanError naming --lora/--vae before anything is written
     requirements = container_requirements(gpu=plan.gpu)
     wheels: list[Path] = []
-    with tempfile.TemporaryDirectory(prefix="sd-studio-wheels-") as tmp:
-        if plan.vendors_wheels:
-            target = WheelTarget(plan.wheels_python)
-            pins = pinned_closure(requirements, target)
-            wheels = download_wheels(pins, Path(tmp), target)
-            requirements_text = offline_requirements(pins)
-            log.info("vendoring %d wheels (%.1f MB)", len(wheels), sum(w.stat().st_size for w in wheels) / 1e6)
-        else:
-            requirements_text = "\n".join(requirements) + "\n"
-        _write_archive(out, plan, model_path, extras, requirements_text, wheels)
+    if plan.vendors_wheels:
+        target = WheelTarget(plan.wheels_python)
+        pins = pinned_closure(requirements, target)
+        wheels = cached_wheels(pins, target)  # downloaded once per set of pins, into the studio's cache folder
+        requirements_text = offline_requirements(pins)
+        log.info("vendoring %d wheels (%.1f MB)", len(wheels), sum(w.stat().st_size for w in wheels) / 1e6)
+    else:
+        requirements_text = "\n".join(requirements) + "\n"
+    _write_archive(out, plan, model_path, extras, requirements_text, wheels)
     log.info("packaged %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out
 
@@ -183,6 +181,10 @@ def model_environment(plan: DeployPlan) -> dict[str, str]:
         "TS_MAX_REQUEST_SIZE": str(1_000_000_000 if plan.mode == "async" else 6_291_456),
         "TS_MAX_RESPONSE_SIZE": str(1_000_000_000 if plan.mode == "async" else 6_291_456),
         MODELS_DIR_ENV_VAR: str(SAGEMAKER_MODEL_DIR),
+        # The DLC pip-installs code/requirements.txt at every cold start; byte-compiling all of transformers and
+        # diffusers there is most of that time, and Python compiles what it imports anyway (bench: dlc_cold_start).
+        "PIP_NO_COMPILE": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     }
     if plan.model_kind is ModelKind.HUB:
         env[MODEL_ENV_VAR] = plan.model

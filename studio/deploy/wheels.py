@@ -7,13 +7,15 @@ relative find-links path relative to the requirements file), so the start needs 
 
 Which wheels: the container requirements and everything they depend on, at the versions installed here (the
 versions the studio is tested with), minus what the DLC image already has (torch and its CUDA stack). Markers are
-evaluated for the container's Python, and binary wheels are downloaded for its Python and platform (the DLC:
-CPython 3.12 on manylinux x86_64) with `pip download --no-deps --only-binary=:all:`.
+evaluated for the container's Python, and wheels are downloaded for its Python and platform (the DLC: CPython 3.12
+on manylinux x86_64) with `pip download --no-deps`; the one package that ships only a source archive (openai-clip,
+pure Python) is built into a py3-none-any wheel here.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import re
 import subprocess
@@ -91,26 +93,61 @@ def pinned_closure(requirements: list[str], target: WheelTarget) -> list[str]:
     return sorted(pins.values())
 
 
+def cached_wheels(pins: list[str], target: WheelTarget) -> list[Path]:
+    """The wheels for `pins` and `target`, downloaded once into the studio's cache folder (wheels-<key>/)."""
+    import hashlib
+
+    from studio.config import cache_dir
+    from studio.fs import file_lock, staged_dir
+
+    key = hashlib.sha256(json.dumps([pins, target.python_version, list(target.platforms)]).encode()).hexdigest()
+    folder = cache_dir() / f"wheels-{key[:16]}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder.parent / f"{folder.name}.lock"):
+        if not folder.is_dir():
+            with staged_dir(folder) as staging:
+                download_wheels(pins, staging, target)
+    return sorted(folder.glob("*.whl"))
+
+
 def download_wheels(pins: list[str], dest: Path, target: WheelTarget, *, timeout: float = 900) -> list[Path]:
-    """`pip download` each pin as a binary wheel for `target` into `dest`; DeployError naming what failed."""
+    """`pip download` each pin for `target` into `dest`: binary wheels for its Python and platform; a package that
+    publishes only a source archive (openai-clip) is built here into a wheel, which must then be pure Python
+    (`py3-none-any`). DeployError naming what failed."""
     dest.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", str(dest)]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(dest)]
     command += ["--python-version", target.python_version, "--implementation", "cp"]
     for platform in target.platforms:
         command += ["--platform", platform]
     log.info("downloading %d wheels for Python %s into %s", len(pins), target.python_version, dest)
+    _pip([*command, *pins], timeout, f"could not download the wheels for Python {target.python_version}")
+    for archive in [*dest.glob("*.tar.gz"), *dest.glob("*.zip")]:
+        _pip(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(dest), str(archive)],
+            timeout,
+            f"could not build a wheel from {archive.name}",
+        )
+        archive.unlink()
+    wheels = sorted(dest.glob("*.whl"))
+    for wheel in wheels:
+        if "-none-any" not in wheel.name and f"cp{target.python_version.replace('.', '')}" not in wheel.name:
+            if "abi3" not in wheel.name:
+                raise DeployError("package", f"{wheel.name} is not for Python {target.python_version}")
+    return wheels
+
+
+def _pip(command: list[str], timeout: float, what: str) -> None:
     try:
-        done = subprocess.run([*command, *pins], capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise DeployError("package", f"pip download did not finish within {timeout:.0f} s") from None
+        raise DeployError("package", f"{what}: pip did not finish within {timeout:.0f} s") from None
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if "ERROR" in line] or done.stderr.splitlines()[-5:]
         raise DeployError(
             "package",
-            f"could not download the wheels for Python {target.python_version} ({'; '.join(lines)[:800]}); "
-            "vendoring needs the package index once, here (the endpoint then needs none)",
+            f"{what} ({'; '.join(lines)[:800]}); vendoring needs the package index once, here (the endpoint then "
+            "needs none)",
         )
-    return sorted(dest.glob("*.whl"))
 
 
 def offline_requirements(pins: list[str]) -> str:
