@@ -85,7 +85,7 @@ def function_status(client: Any, function: str, backend: str) -> EngineStatus:
     try:
         config = client.get_function_configuration(FunctionName=function)
     except Exception as exc:
-        return EngineStatus(backend=backend, model=function, error=aws.describe_failure(exc, function))
+        return EngineStatus(backend=backend, model=function, error=aws.describe_failure(exc, "Lambda"))
     state = config.get("State", "Active")
     update = config.get("LastUpdateStatus", "Successful")
     loading = state == "Pending" or update == "InProgress"
@@ -324,7 +324,8 @@ class LambdaFunctionUrl:
         except ValueError:
             body = {}
         if response.status_code == 200:
-            details = {k: str(body.get(k, "")) for k in ("model", "device", "dtype")}
+            details = {"server_model": str(body.get("model", "")), "device": str(body.get("device", ""))}
+            details["dtype"] = str(body.get("dtype", ""))
             return EngineStatus(backend=self.backend, model=self.target, loaded=True, details=details)
         loading = isinstance(body, dict) and body.get("status") == "loading"
         error = None if loading else str((body or {}).get("error") or f"HTTP {response.status_code}")

@@ -131,7 +131,7 @@ def test_function_url_with_iam_auth_is_signed_with_sigv4(lambda_env, local_engin
     engine = engines.build(EngineSettings(backend="lambda", function=url))
     assert isinstance(engine.transport, LambdaFunctionUrl)
     engine.load()
-    assert engine.status().loaded and engine.status().details["model"] == "demo"
+    assert engine.status().loaded and engine.status().details["server_model"] == "demo"
     result = engine.generate(REQUEST)
     assert [i.tobytes() for i in result.images] == [i.tobytes() for i in local_engine.generate(REQUEST).images]
     event = lambda_env.functions["sd"].events[-1]
