@@ -33,6 +33,7 @@ MAX_UPLOAD = "50mb"
 MISSING_TARGET = {
     Backend.HTTP: "url: give the address of a running serving app, e.g. http://127.0.0.1:8080",
     Backend.SAGEMAKER: "endpoint: give a SageMaker endpoint name",
+    Backend.LAMBDA: "function: give a Lambda function name, ARN or function URL",
 }
 
 

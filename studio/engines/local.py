@@ -7,9 +7,10 @@ its own scheduler and its own light pipeline object, so the shared pipelines are
 request. Noise comes from a CPU generator per image, seeded `seed + i`, so any image of a run can be
 reproduced alone (A1111's convention). One generation runs at a time (the run lock).
 
-An `Accelerator` (e.g. studio.engines.openvino.OpenVINOAccelerator) is a post-load hook: it gets the
-freshly built pipelines of every load, may make their modules run elsewhere, and adds its status
-details. The request flow above stays the same for every accelerator.
+An `Accelerator` (e.g. studio.engines.openvino.OpenVINOAccelerator) hooks into loading: it may build the
+pipeline itself (from a prepared export, without torch weights), gets the freshly built pipelines of every
+load (and may make their modules run elsewhere), may know the model hash, and adds its status details. The
+request flow above stays the same for every accelerator.
 """
 
 from __future__ import annotations
@@ -62,9 +63,19 @@ class Accelerator(Protocol):
     name: str  # for messages ("OpenVINO")
     device: Device  # where the accelerated networks run; the torch weights are loaded there first
 
+    def load_pipeline(self, source: ModelSource, device: str, dtype: torch.dtype) -> DiffusionPipeline | None:
+        """Pre-load hook: the text-to-image pipeline built the accelerator's own way (e.g. from a prepared export,
+        without reading torch weights), or None to load `source` as usual."""
+        ...
+
     def apply(self, pipelines: Mapping[Task, DiffusionPipeline]) -> None:
         """Called once per load with the new model's task pipelines, before any generation uses them. Changes them
         in place; raises ModelLoadError (the previous model then stays in use)."""
+        ...
+
+    def model_hash(self, source: ModelSource) -> str | None:
+        """A1111's "Model hash" when the accelerator already knows it (recorded at export), else None (hash the
+        weights: several seconds for a full-size model)."""
         ...
 
     def status(self) -> AcceleratorStatus: ...
@@ -173,7 +184,9 @@ class LocalEngine:
         """Build the task pipelines of `source` (plus a dedicated inpainting model), then run the accelerator."""
         device, dtype = pick_device(self.device_request)
         # models.load_pipeline is looked up on the module on purpose: the bench counts weight loads by patching it.
-        base = models.load_pipeline(source, device=device, dtype=dtype)
+        base = self.accelerator.load_pipeline(source, device, dtype) if self.accelerator is not None else None
+        if base is None:
+            base = models.load_pipeline(source, device=device, dtype=dtype)
         pipes: dict[Task, DiffusionPipeline] = {}
         if models.is_inpaint_unet(base):
             # A 9-channel UNet only inpaints; text/image-to-image need a base model.
@@ -259,7 +272,8 @@ class LocalEngine:
         request = request.validate(self.limits).with_resolved_seed()
         loaded = self._require_loaded(wait=LOAD_WAIT_SECONDS)
         if loaded.model_hash is None:
-            loaded.model_hash = models.model_hash(loaded.source)
+            known = self.accelerator.model_hash(loaded.source) if self.accelerator is not None else None
+            loaded.model_hash = known or models.model_hash(loaded.source)
         model = Model(pipes=loaded.pipes, name=loaded.source.name, hash=loaded.model_hash, backend=self.backend)
         prepared = self.generation.prepare(model, request)  # bad input is refused before waiting for the engine
         with self._run_lock:

@@ -101,8 +101,9 @@ def test_the_ir_alone_builds_the_pipeline_without_torch_weights(export, tmp_path
 
 
 def test_the_accelerator_hook_loads_an_export_from_its_ir(export, tmp_path, monkeypatch):
-    """OpenVINOAccelerator.load_pipeline: an engine that asks it first skips the torch weights entirely (same
-    pixels); any other model is left to the usual load (None)."""
+    """An OpenVINO engine on a prepared export builds its pipeline from the IR alone (models.load_pipeline, the
+    torch loader, is never called; same pixels) and takes the model hash from the manifest (nothing is hashed);
+    any other model is left to the usual load (the hook answers None)."""
     from studio import models
 
     accelerator = OpenVINOAccelerator("f32", tmp_path / "cache")
@@ -110,22 +111,25 @@ def test_the_accelerator_hook_loads_an_export_from_its_ir(export, tmp_path, monk
     torch_loads = []
     original = models.load_pipeline
 
-    def load_pipeline(source, device="cpu", dtype=None):
-        pipe = accelerator.load_pipeline(source, device, dtype)
-        if pipe is None:
-            torch_loads.append(source.name)
-            pipe = original(source, device=device, dtype=dtype)
-        return pipe
+    def counting_load_pipeline(source, device="cpu", dtype=None):
+        torch_loads.append(source.name)
+        return original(source, device=device, dtype=dtype)
 
-    monkeypatch.setattr(models, "load_pipeline", load_pipeline)
+    def no_hashing(source):
+        raise AssertionError(f"hashed {source.name}: the export's manifest has the hash")
+
+    monkeypatch.setattr(models, "load_pipeline", counting_load_pipeline)
+    monkeypatch.setattr(models, "model_hash", no_hashing)
     engine = engines.build(EngineSettings(model=str(export), kind="openvino", precision="f32"))
-    engine.accelerator = accelerator
     engine.load()
     assert torch_loads == [] and engine.status().loaded
-    assert [c.prepared for c in accelerator.report.components] == [True] * 4
+    assert [c.prepared for c in engine.accelerator.report.components] == [True] * 4
+    result = engine.generate(REQUEST)
+    assert f"Model hash: {read_manifest(export).model_hash}" in result.infotexts[0]
     monkeypatch.setattr(models, "load_pipeline", original)
+    monkeypatch.undo()
     reference = engine_on(export, tmp_path / "ref")
-    assert engine.generate(REQUEST).images[0].tobytes() == reference.generate(REQUEST).images[0].tobytes()
+    assert result.images[0].tobytes() == reference.generate(REQUEST).images[0].tobytes()
     assert set(engine.pipelines) == {Task.TXT2IMG, Task.IMG2IMG, Task.INPAINT}
 
 
