@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core import Stats, interleave, percentile, run_worker, timed
+from bench.dlc import dlc_section
 from bench.lambda_ import lambda_section
 from bench.ray_ import ray_serve_section
 
@@ -406,6 +407,7 @@ SECTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "gradio": gradio,
     "async_remote": async_remote,
     "ray_serve": ray_serve_section,
+    "dlc": dlc_section,
     "lambda": lambda_section,
 }
 

@@ -481,6 +481,7 @@ def openvino_accuracy(precisions: list[str], size: int, steps: int) -> dict[str,
 
 
 from bench.a1111 import a1111_cost, lora_rss  # noqa: E402  (they use this module's helpers)
+from bench.dlc import dlc_cold_start  # noqa: E402
 from bench.lambda_ import lambda_cold_start  # noqa: E402
 from bench.ray_ import ray_serve  # noqa: E402
 
@@ -495,6 +496,7 @@ TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     "openvino_speed": openvino_speed,
     "openvino_accuracy": openvino_accuracy,
     "ray_serve": ray_serve,
+    "dlc_cold_start": dlc_cold_start,
 }
 
 

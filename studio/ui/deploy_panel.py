@@ -175,12 +175,65 @@ def build_image(repo: str, region: str, current_image: str) -> Iterator[tuple[st
             yield "\n".join(lines), gr.update(value=value.image_uri)
 
 
-def list_rows(region: str, current: str | None) -> tuple[Any, Any]:
-    """The table of SD Studio endpoints, and the endpoint choice (keeping `current` when it still exists)."""
-    from studio import deploy
+TARGETS = ("SageMaker endpoint", "AWS Lambda function")
+
+
+def show_target(target: str) -> tuple[Any, Any]:
+    """Show the SageMaker or the Lambda form."""
+    lambda_target = target == TARGETS[1]
+    return gr.update(visible=not lambda_target), gr.update(visible=lambda_target)
+
+
+def show_lambda_price(memory: Any) -> str:
+    from studio.deploy.lambda_pricing import describe_lambda_price
 
     try:
-        endpoints = deploy.list_endpoints(_text(region))
+        return describe_lambda_price(int(memory or 10240))
+    except (TypeError, ValueError):
+        return describe_lambda_price(10240)
+
+
+def create_lambda(
+    name: str, image_uri: str, model: str, memory: Any, timeout: Any, public_url: bool, region: str, accepted: bool
+) -> Iterator[str]:
+    """Deploy to AWS Lambda (studio.deploy.lambda_.create_function), streaming its steps."""
+    from studio import deploy
+    from studio.deploy.lambda_ import LambdaPlan, create_function
+
+    plan = LambdaPlan(
+        name=(name or "").strip(),
+        image_uri=(image_uri or "").strip(),
+        memory=_int_or_none(memory) or 10240,
+        timeout=_int_or_none(timeout) or 900,
+        public_url=bool(public_url),
+        model=_text(model),
+        region=_text(region),
+    )
+    try:
+        plan.validate(check_aws=False)
+    except deploy.DeployError as err:
+        raise gr.Error(str(err), title="Not deployed") from None
+    if not accepted:
+        raise gr.Error("Tick “I accept the cost shown above” to deploy.", title="Not deployed")
+    lines = [show_lambda_price(plan.memory)]
+    if plan.public_url:
+        lines.append("WARNING: a public function URL: anyone with the URL can generate at your expense.")
+    yield "\n".join(lines)
+    for kind, value, exc in _run_streaming(lambda progress: create_function(plan, progress)):
+        if exc is not None:
+            lines.append(f"ERROR: {exc}")
+            yield "\n".join(lines)
+            raise gr.Error(str(exc), title="Deploy failed") from None
+        lines.append(value if kind == "line" else f"Function {value.function_name} is ready: {value.function_url}")
+        yield "\n".join(lines)
+
+
+def list_rows(region: str, current: str | None) -> tuple[Any, Any]:
+    """The table of SD Studio endpoints and Lambda functions, and the choice (keeping `current` when it exists)."""
+    from studio.deploy.inventory import list_targets
+
+    try:
+        endpoints = list_targets(_text(region))
     except Exception as err:  # shown to the user, not swallowed
         raise gr.Error(f"Could not list endpoints: {err}", title="List failed") from None
     names = [e.name for e in endpoints]
@@ -222,6 +275,10 @@ def delete_endpoint(endpoint: str | None, confirmed: bool, artifacts: bool, regi
     lines = [f"Deleting {endpoint}…"]
     yield "\n".join(lines)
     work = lambda progress: deploy.delete(endpoint, artifacts, _text(region), progress)  # noqa: E731
+    if _is_lambda_function(endpoint, region):
+        from studio.deploy.lambda_inventory import delete_function
+
+        work = lambda progress: delete_function(endpoint, _text(region), progress)  # noqa: E731
     report = None
     for kind, value, exc in _run_streaming(work):
         if exc is not None:
@@ -236,6 +293,17 @@ def delete_endpoint(endpoint: str | None, confirmed: bool, artifacts: bool, regi
         yield "\n".join(lines)
     if report is not None and not report.ok:
         raise gr.Error(f"Some resources are left: {', '.join(report.leftovers + report.errors)}")
+
+
+def _is_lambda_function(name: str, region: str) -> bool:
+    """True when `name` is one of SD Studio's Lambda functions (and no SageMaker endpoint has that name)."""
+    from studio.deploy.inventory import list_targets
+
+    try:
+        kinds = {getattr(t, "mode", "") for t in list_targets(_text(region)) if t.name == name}
+    except Exception:  # noqa: BLE001 - then delete as an endpoint, which reports its own error
+        return False
+    return kinds == {"lambda"}
 
 
 def use_selected(on_use_endpoint: UseEndpoint | None, endpoint: str | None) -> str:
@@ -259,6 +327,7 @@ def build_deploy_panel(on_use_endpoint: UseEndpoint | None) -> None:
     from studio import deploy
 
     gr.Markdown(INTRO)
+    target = gr.Radio(list(TARGETS), value=TARGETS[0], label="Deploy to", elem_id="deploy-target")
     with gr.Row():
         name = gr.Textbox(label="Endpoint name", placeholder="sd-studio-1", elem_id="deploy-name", scale=2)
         model = gr.Textbox(
@@ -267,45 +336,59 @@ def build_deploy_panel(on_use_endpoint: UseEndpoint | None) -> None:
             elem_id="deploy-model",
             scale=3,
         )
-    with gr.Row():
-        instance_type = gr.Dropdown(
-            choices=list(deploy.INSTANCE_PRICES),
-            value=deploy.DEFAULT_INSTANCE_TYPE,
-            label="Instance type (GPU)",
-            elem_id="deploy-instance-type",
+    with gr.Column() as sagemaker_box:
+        with gr.Row():
+            instance_type = gr.Dropdown(
+                choices=list(deploy.INSTANCE_PRICES),
+                value=deploy.DEFAULT_INSTANCE_TYPE,
+                label="Instance type (GPU)",
+                elem_id="deploy-instance-type",
+            )
+            mode = gr.Radio(list(deploy.MODES), value="realtime", label="Mode", elem_id="deploy-mode")
+            min_instances = gr.Number(value=None, precision=0, label="Min instances (blank: 1 real-time, 0 async)")
+            max_instances = gr.Number(value=1, precision=0, label="Max instances")
+        price = gr.Markdown(deploy.describe_price(deploy.DEFAULT_INSTANCE_TYPE), elem_id="deploy-price")
+        with gr.Accordion("Advanced (S3, role, image, region)", open=False):
+            with gr.Row():
+                bucket = gr.Textbox(label="S3 bucket", placeholder="default: sagemaker-{region}-{account}")
+                prefix = gr.Textbox(label="S3 prefix", value=deploy.DEFAULT_PREFIX)
+                region = gr.Textbox(label="Region", placeholder="default: AWS_REGION / your profile's region")
+            with gr.Row():
+                role = gr.Textbox(
+                    label="Execution role ARN", placeholder="discovered on a SageMaker notebook; otherwise required"
+                )
+                image = gr.Textbox(
+                    label="Container image",
+                    placeholder="default: the AWS PyTorch inference DLC; or the project's own (Build image below)",
+                    elem_id="deploy-image",
+                )
+            with gr.Row():
+                skip_verify = gr.Checkbox(
+                    label="Skip the smoke test (emulators only: the endpoint is not asked for an image)", value=False
+                )
+                network_isolation = gr.Checkbox(label="Network isolation (no internet in the container)", value=False)
+                vendor_wheels = gr.Checkbox(label="Vendor the wheels (the endpoint starts with no index)", value=False)
+            with gr.Row():
+                repo = gr.Textbox(label="ECR repository for the project's own image", value="sd-studio-serve", scale=2)
+                build_button = gr.Button("Build image with AWS CodeBuild", elem_id="deploy-build-image")
+        accept = gr.Checkbox(label="I accept the hourly cost shown above", value=False, elem_id="deploy-accept")
+        deploy_button = gr.Button("Deploy", variant="primary", elem_id="deploy-create")
+    with gr.Column(visible=False) as lambda_box:
+        gr.Markdown(
+            "CPU with OpenVINO on AWS Lambda: billed per image, nothing while idle. Build and push "
+            "`Dockerfile.lambda` to ECR first (see the README's “Serverless CPU (Lambda)”)."
         )
-        mode = gr.Radio(list(deploy.MODES), value="realtime", label="Mode", elem_id="deploy-mode")
-        min_instances = gr.Number(value=None, precision=0, label="Min instances (blank: 1 real-time, 0 async)")
-        max_instances = gr.Number(value=1, precision=0, label="Max instances")
-    price = gr.Markdown(deploy.describe_price(deploy.DEFAULT_INSTANCE_TYPE), elem_id="deploy-price")
-    with gr.Accordion("Advanced (S3, role, image, region)", open=False):
         with gr.Row():
-            bucket = gr.Textbox(label="S3 bucket", placeholder="default: sagemaker-{region}-{account}")
-            prefix = gr.Textbox(label="S3 prefix", value=deploy.DEFAULT_PREFIX)
-            region = gr.Textbox(label="Region", placeholder="default: AWS_REGION / your profile's region")
-        with gr.Row():
-            role = gr.Textbox(
-                label="Execution role ARN", placeholder="discovered on a SageMaker notebook; otherwise required"
-            )
-            image = gr.Textbox(
-                label="Container image",
-                placeholder="default: the AWS PyTorch inference DLC; or the project's own image (Build image below)",
-                elem_id="deploy-image",
-            )
-        with gr.Row():
-            skip_verify = gr.Checkbox(
-                label="Skip the smoke test (emulators only: the endpoint is not asked for an image)", value=False
-            )
-            network_isolation = gr.Checkbox(label="Network isolation (no internet in the container)", value=False)
-            vendor_wheels = gr.Checkbox(label="Vendor the wheels into the package (starts with no index)", value=False)
-        with gr.Row():
-            repo = gr.Textbox(label="ECR repository for the project's own image", value="sd-studio-serve", scale=2)
-            build_button = gr.Button("Build image with AWS CodeBuild (no local Docker)", elem_id="deploy-build-image")
-    accept = gr.Checkbox(label="I accept the hourly cost shown above", value=False, elem_id="deploy-accept")
-    deploy_button = gr.Button("Deploy", variant="primary", elem_id="deploy-create")
+            lambda_image = gr.Textbox(label="Lambda image URI (ECR)", elem_id="deploy-lambda-image", scale=3)
+            lambda_memory = gr.Number(value=10240, precision=0, label="Memory (MB, 128-10240)")
+            lambda_timeout = gr.Number(value=900, precision=0, label="Timeout (s, 1-900)")
+        public_url = gr.Checkbox(label="Public function URL (no AWS auth: anyone with the URL can generate)")
+        lambda_price = gr.Markdown(show_lambda_price(10240), elem_id="deploy-lambda-price")
+        lambda_accept = gr.Checkbox(label="I accept the cost shown above", value=False, elem_id="deploy-lambda-accept")
+        lambda_button = gr.Button("Deploy to Lambda", variant="primary", elem_id="deploy-lambda-create")
     log_box = gr.Textbox(label="Deploy log", lines=12, max_lines=30, interactive=False, elem_id="deploy-log")
 
-    gr.Markdown("### SD Studio endpoints")
+    gr.Markdown("### SD Studio endpoints and Lambda functions")
     with gr.Row():
         refresh = gr.Button("Refresh list", size="sm", elem_id="deploy-refresh")
     table = gr.Dataframe(
@@ -330,6 +413,12 @@ def build_deploy_panel(on_use_endpoint: UseEndpoint | None) -> None:
         list_rows, [region, name], [table, selected], **private
     )
     build_button.click(build_image, [repo, region, image], [log_box, image], **private, **one_at_a_time)
+    target.change(show_target, target, [sagemaker_box, lambda_box], **private)
+    lambda_memory.change(show_lambda_price, lambda_memory, lambda_price, **private)
+    lambda_inputs = [name, lambda_image, model, lambda_memory, lambda_timeout, public_url, region, lambda_accept]
+    lambda_button.click(create_lambda, lambda_inputs, log_box, **private, **one_at_a_time).then(
+        list_rows, [region, name], [table, selected], **private
+    )
     refresh.click(list_rows, [region, selected], [table, selected], **private)
     selected.change(show_details, [selected, region], details, **private)
     delete_button.click(

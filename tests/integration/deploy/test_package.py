@@ -155,6 +155,41 @@ def test_container_requirements_leave_torch_to_the_dlc():
     assert "diffusers" in names and "transformers" in names
     assert not names & {"torch", "torchvision", "gradio", "gradio_client"}
     assert "openai-clip" in names  # single-file checkpoints build their CLIP tokenizer from its vocabulary
+    assert not names & {"openvino", "openvino-telemetry"}  # the CPU engine: a GPU endpoint never uses it
+    assert "openvino" in {r.split("==")[0].lower() for r in container_requirements(gpu=False)}
+
+
+def test_vendored_wheels_are_the_pinned_closure_for_the_containers_python(monkeypatch, tmp_path):
+    """The closure follows the installed versions, evaluates markers for the target Python, leaves out what the DLC
+    has (torch), and the package's requirements install them with no index (the download is faked here; the real
+    one runs in tests/integration/test_dlc_stack.py)."""
+    import tarfile
+
+    from studio.deploy import package as package_module
+    from studio.deploy import wheels
+
+    pins = wheels.pinned_closure(["accelerate==1.15.0", "diffusers==0.42.1"], wheels.WheelTarget("3.12"))
+    names = {pin.split("==")[0] for pin in pins}
+    assert {"accelerate", "diffusers", "huggingface-hub", "safetensors", "numpy"} <= names
+    assert not any(wheels.PROVIDED.match(name) for name in names)  # torch and its CUDA stack come with the DLC
+    assert all("==" in pin for pin in pins)
+
+    fetched = []
+
+    def fake_cached(pins, target):
+        fetched.append((pins, target))
+        wheel = tmp_path / "diffusers-0.42.1-py3-none-any.whl"
+        wheel.write_bytes(b"PK")
+        return [wheel]
+
+    monkeypatch.setattr(package_module, "cached_wheels", fake_cached)
+    plan = DeployPlan(name="v", model="demo", network_isolation=True)  # isolation implies vendored wheels
+    with tarfile.open(package_model(plan, tmp_path / "m.tgz")) as tar:
+        requirements = tar.extractfile("code/requirements.txt").read().decode().splitlines()
+        assert "code/wheels/diffusers-0.42.1-py3-none-any.whl" in tar.getnames()
+    assert requirements[1:3] == ["--no-index", "--find-links wheels"] and "diffusers==0.42.1" in requirements
+    assert not any(line.startswith("openvino") for line in requirements)
+    assert fetched[0][1].python_version == "3.12"  # the DLC's Python by default
 
 
 def test_single_file_and_hub_models(tmp_path):

@@ -153,3 +153,29 @@ def test_the_panel_imports_neither_boto3_nor_deploy_at_module_level():
             top.add(node.module or "")
     assert not {m for m in top if m.split(".")[0] in ("boto3", "botocore", "torch", "diffusers")}
     assert "studio.deploy" not in top and "studio" not in top
+
+
+def test_panel_builds_the_image_and_deploys_a_lambda_function(account):
+    """The Deploy panel's build-image button (CodeBuild in moto) fills the container image; the Lambda target deploys
+    a function (moto creates image functions without Docker), lists it beside the endpoints and deletes it."""
+    with pytest.raises(gr.Error, match="repo: 'Bad Repo' is not an ECR repository name"):
+        list(panel.build_image("Bad Repo", "", ""))
+    updates = list(panel.build_image("sd-studio-serve", "", ""))
+    log_text, image = updates[-1]
+    assert "[build] started CodeBuild build" in log_text and "[done] pushed" in log_text
+    assert image["value"].startswith("123456789012.dkr.ecr.us-east-1.amazonaws.com/sd-studio-serve:")
+
+    assert panel.show_target("AWS Lambda function")[1]["visible"] is True
+    assert panel.show_lambda_price(3008).startswith("Lambda 3008 MB")
+    lambda_image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sd-lambda:1"
+    args = ["sd-fn", lambda_image, "demo", 3008, 300, False, "us-east-1"]
+    with pytest.raises(gr.Error, match="I accept the cost"):
+        list(panel.create_lambda(*args, False))
+    log_text = list(panel.create_lambda(*args, True))[-1]
+    assert "Function sd-fn is ready: https://" in log_text
+
+    rows, selected = panel.list_rows("", None)
+    assert [row[0] for row in rows] == ["sd-fn"] and selected["value"] == "sd-fn"
+    log_text = list(panel.delete_endpoint("sd-fn", True, False, ""))[-1]
+    assert "verified: nothing is left" in log_text
+    assert panel.list_rows("", None)[0] == []
