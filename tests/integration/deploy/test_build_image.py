@@ -86,3 +86,30 @@ def test_someone_elses_repository_is_not_used(account):
 def test_repository_names_are_checked(repo):
     with pytest.raises(PlanError, match="^validate: repo: "):
         builder.check_repo_name(repo)
+
+
+def test_cli_build_image_create_with_it_and_delete_all_artifacts(account, capsys):
+    """build-image prints the URI; create --image deploys the project's own serve; delete --all-artifacts removes
+    the endpoint and everything build-image made for its image."""
+    from studio.deploy.__main__ import main
+
+    assert main(["build-image", "--repo", REPO, "--poll-seconds", "0.01"]) == 0
+    out = capsys.readouterr().out
+    uri = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("Image: "))
+    assert uri.startswith(f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{REPO}:")
+    common = ["--instance-type", "ml.g4dn.xlarge", "--role", account.ROLE, "--yes", "--poll-seconds", "0.01"]
+    argv = ["create", "--name", "sd-own", "--model", "s3://b-1/m.tar.gz", "--image", uri, "--skip-verify", *common]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"image: the project's own serving image {uri}" in out and "own serving image" in out
+    sm = account.client("sagemaker")
+    (model,) = sm.list_models()["Models"]
+    assert sm.describe_model(ModelName=model["ModelName"])["PrimaryContainer"]["Image"] == uri
+
+    assert main(["delete", "--name", "sd-own", "--all-artifacts", "--yes", "--poll-seconds", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert f"deleted ECR repository {REPO}" in out and "verified: nothing is left" in out
+    account.assert_nothing_left()
+    assert account.client("ecr").describe_repositories()["repositories"] == []
+    assert account.client("codebuild").list_projects()["projects"] == []
+    assert account.client("s3").list_buckets()["Buckets"] == []
