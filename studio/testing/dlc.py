@@ -8,12 +8,15 @@ gets a *thin* venv that sees the base through a .pth file and starts empty, like
 requirements are installed into it at start, exactly as on an endpoint.
 
 Everything listens on 127.0.0.1 free ports (TorchServe's inference, management, metrics and gRPC addresses are set
-through its TS_* variables); pip gets no configuration files, so `PIP_NO_INDEX=1` really means no index.
+through its TS_* variables); pip gets no configuration files, so `PIP_NO_INDEX=1` really means no index. `serve`
+runs in its own PID namespace where `unshare` allows it (root), like in a container: the toolkit refuses to start
+when it sees another TorchServe among the machine's processes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import signal
@@ -36,6 +39,18 @@ def java_available() -> bool:
         return subprocess.run(["java", "-version"], capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+@functools.cache
+def _unshare() -> list[str]:
+    """`unshare` into a new PID namespace (as root), so `serve` sees only its own processes, as in a container: the
+    toolkit looks for *the* TorchServe among all processes and refuses to run beside another one on the machine."""
+    command = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+    try:
+        ok = subprocess.run([*command, "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return command if ok else []
 
 
 def _site_packages(venv: Path) -> Path:
@@ -132,7 +147,7 @@ class DlcServer:
         self.started = time.monotonic()
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
-                [str(self.venv / "bin" / "python"), "-c", SERVE_CODE],
+                [*_unshare(), str(self.venv / "bin" / "python"), "-c", SERVE_CODE],
                 cwd=self.base_dir,
                 env=self.env,
                 stdout=out,
