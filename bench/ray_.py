@@ -53,14 +53,14 @@ def ray_rss_mb() -> dict[str, float]:
 
 
 def _start_ray(replicas: int) -> tuple[str, dict[str, float]]:
-    import ray
-    from ray import serve
-
     from studio.config import ray_settings_from_args
     from studio.serving import ray as studio_ray
     from studio.testing.servers import free_port
 
-    os.environ.setdefault(studio_ray.PROXY_CALLBACK_VARIABLE, studio_ray.PROXY_CALLBACK)
+    studio_ray.prepare_local_ray()  # before Ray is imported: loopback only, the proxy middleware
+    import ray
+    from ray import serve
+
     settings = ray_settings_from_args(
         {"model": "demo", "device": "cpu", "min_replicas": replicas, "max_replicas": replicas, "replica_cpus": 0.5}
     )
@@ -75,9 +75,7 @@ def _start_ray(replicas: int) -> tuple[str, dict[str, float]]:
 
 def ray_serve(replicas: int = 2, rounds: int = 10) -> dict[str, Any]:
     """Worker task: Ray's start-up, memory and proxy overhead with `replicas` demo replicas (see the module doc)."""
-    import ray
     import requests
-    from ray import serve
 
     from studio import engines
     from studio.config import EngineSettings, ServingSettings
@@ -85,6 +83,9 @@ def ray_serve(replicas: int = 2, rounds: int = 10) -> dict[str, Any]:
     from studio.testing.servers import UvicornThread, single_threaded_torch, wait_for
 
     url, startup = _start_ray(replicas)
+    import ray
+    from ray import serve
+
     try:
         memory = ray_rss_mb()
 

@@ -32,10 +32,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
-
-from ray import serve
-from ray.serve import Application
+from typing import TYPE_CHECKING, Any
 
 from studio.config import (
     DEFAULT_MAX_BODY_BYTES,
@@ -46,7 +43,9 @@ from studio.config import (
     ray_settings_from_args,
 )
 from studio.engine import ModelLoadError
-from studio.serving.app import create_app
+
+if TYPE_CHECKING:
+    from ray.serve import Application
 
 logger = logging.getLogger("studio.serving.ray")
 
@@ -101,11 +100,22 @@ def deployment_options(settings: RaySettings, cluster_gpus: float | None = None)
 
 def ray_init_options(settings: RaySettings, **local: Any) -> dict[str, Any]:
     """`ray.init` arguments: join the cluster at RAY_ADDRESS, else start a local Ray (without the dashboard, plus
-    `local` options such as num_cpus or object_store_memory)."""
+    `local` options such as num_cpus or object_store_memory). See prepare_local_ray for the environment."""
     if settings.address:
         return {"address": settings.address}
-    # A local Ray's processes talk over loopback only (Ray would otherwise pick the machine's outward address).
-    return {"include_dashboard": False, "_node_ip_address": "127.0.0.1", **local}
+    return {"include_dashboard": False, **local}
+
+
+def prepare_local_ray() -> bool:
+    """Set the environment a local Ray (one machine) should start with; call it before `import ray`.
+
+    LOCAL_RAY_ENVIRONMENT keeps every Ray process on 127.0.0.1 (by default Ray binds its GCS, raylet and workers to
+    the machine's outward address, even when told 127.0.0.1; the switch is read when ray is imported) and enables
+    the proxy middleware. Returns False when ray was imported already (the address switch then comes too late for
+    this process: Ray uses the outward address, still on this machine)."""
+    for name, value in LOCAL_RAY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    return "ray" not in sys.modules
 
 
 # ---- the deployment ----------------------------------------------------------------------------------------------
@@ -133,6 +143,8 @@ class ReplicaHeader:
 # the proxy actor: set it on every node of a cluster; the CLI sets it for the local Ray it starts).
 PROXY_CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "studio.serving.ray:proxy_middlewares"
+# What a local Ray starts with (prepare_local_ray): loopback only, and the proxy middleware.
+LOCAL_RAY_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", PROXY_CALLBACK_VARIABLE: PROXY_CALLBACK}
 RETRY_PATHS = ("/invocations", "/ping")
 RETRY_BODY_LIMIT = 4 * DEFAULT_MAX_BODY_BYTES  # bigger bodies are streamed through once (the app refuses them anyway)
 LOST_MESSAGE = (
@@ -231,45 +243,19 @@ async def _send_json(send: Any, status: int, payload: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _replica_name() -> str:
-    try:
-        return serve.get_replica_context().replica_id.unique_id
-    except Exception:  # outside a replica (a unit test constructing the class directly)
-        return "local"
+def __getattr__(name: str) -> Any:
+    """`studio.serving.ray.StudioServing`, the Serve deployment, imported on first use (it imports Ray)."""
+    if name == "StudioServing":
+        from studio.serving.ray_deployment import StudioServing
 
-
-@serve.deployment(name=DEPLOYMENT_NAME)
-@serve.ingress()
-class StudioServing:
-    """One replica: the engine, built and loaded once, behind the serving app (studio.serving.app.create_app)."""
-
-    def __init__(self, settings: RaySettings):
-        from studio import engines
-        from studio.serving.invoker import engine_settings
-
-        started = time.perf_counter()
-        self.settings = settings
-        self.replica = _replica_name()
-        chosen = engine_settings(settings.serving)
-        self.engine = engines.build(chosen)
-        self.engine.load()  # a failure fails the constructor: Serve retries, then reports the deployment failed
-        logger.info("replica %s: %s loaded in %.1fs", self.replica, chosen.model, time.perf_counter() - started)
-
-    def __serve_build_asgi_app__(self) -> Any:
-        """The serving app itself (routes, error mapping, body limit), around this replica's loaded engine."""
-        app = create_app(self.engine, settings=self.settings.serving, load=False)
-        app.add_middleware(ReplicaHeader, replica=self.replica)
-        return app
-
-    def check_health(self) -> None:
-        """Health = model loaded (Serve replaces a replica whose check raises)."""
-        status = self.engine.status()
-        if not status.loaded:
-            raise RuntimeError(f"replica {self.replica}: model not loaded ({status.error or 'loading'})")
+        return StudioServing
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def application(settings: RaySettings, cluster_gpus: float | None = None) -> Application:
     """The Serve application for `settings` (bind it with serve.run, or return it from a builder)."""
+    from studio.serving.ray_deployment import StudioServing
+
     return StudioServing.options(**deployment_options(settings, cluster_gpus)).bind(settings)
 
 
@@ -309,11 +295,12 @@ def check_model(settings: RaySettings) -> None:
 def serve_until_stopped(settings: RaySettings, **local: Any) -> int:
     """Start (or join) Ray, run the application behind Serve's HTTP proxy at settings.host:port and block until
     Ctrl-C / SIGTERM. A local Ray is shut down on exit; on a joined cluster only this application is deleted."""
+    if not settings.address:
+        prepare_local_ray()
     import ray
+    from ray import serve
 
     started = time.perf_counter()
-    if not settings.address:  # the local Ray's proxy inherits this process's environment
-        os.environ.setdefault(PROXY_CALLBACK_VARIABLE, PROXY_CALLBACK)
     ray.init(**ray_init_options(settings, **local))
     logger.info("Ray %s in %.1fs", "joined" if settings.address else "started locally", time.perf_counter() - started)
     try:
@@ -336,6 +323,8 @@ def serve_until_stopped(settings: RaySettings, **local: Any) -> int:
 
 def _failure_reason() -> str:
     """The replicas' own error (the last line of Serve's deployment message), to show beside Serve's summary."""
+    from ray import serve
+
     try:
         status = serve.status().applications.get(APP_NAME)
         messages = [d.message for d in status.deployments.values() if d.message] if status else []
@@ -357,6 +346,7 @@ def _block() -> None:
 
 def _stop(settings: RaySettings) -> None:
     import ray
+    from ray import serve
 
     try:
         if settings.address:
@@ -384,8 +374,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable module's main, so replicas get `studio.serving.ray.StudioServing` by reference (a class
-    # defined in __main__ would be pickled by value).
-    from studio.serving.ray import main as module_main
-
-    sys.exit(module_main())
+    sys.exit(main())

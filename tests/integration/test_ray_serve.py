@@ -31,12 +31,14 @@ import pytest
 import requests
 from PIL import Image
 
+from studio.serving import ray as studio_ray
+
+LOOPBACK_ONLY = studio_ray.prepare_local_ray()  # before Ray is imported: every Ray process on 127.0.0.1
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
 from studio import engines  # noqa: E402
 from studio.config import EngineSettings, RaySettings, ServingSettings  # noqa: E402
-from studio.serving import ray as studio_ray  # noqa: E402
 from studio.serving.app import create_app  # noqa: E402
 from studio.testing.servers import (  # noqa: E402
     REPO,
@@ -128,10 +130,10 @@ def cluster():
     options = studio_ray.ray_init_options(
         RaySettings(), num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False
     )
-    with pytest.MonkeyPatch.context() as patch:  # the local Ray's proxy inherits it (as the CLI sets it)
-        patch.setenv(studio_ray.PROXY_CALLBACK_VARIABLE, studio_ray.PROXY_CALLBACK)
-        ray.init(**options)
+    ray.init(**options)  # its proxy inherits the middleware setting from prepare_local_ray (as the CLI's does)
     try:
+        if LOOPBACK_ONLY:
+            assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
         init_seconds = time.perf_counter() - started
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})

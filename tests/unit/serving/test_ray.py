@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
 
+from studio.serving import ray as studio_ray
+
+studio_ray.prepare_local_ray()  # harmless here (no Ray is started); keeps a later local Ray in this process on loopback
 pytest.importorskip("ray")
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary  # noqa: E402
 from ray.serve.schema import ServeDeploySchema  # noqa: E402
 from ray.serve.scripts import convert_args_to_dict  # noqa: E402
 
 from studio.config import ConfigError, RaySettings, load_ray_settings, ray_settings_from_args  # noqa: E402
-from studio.serving import ray as studio_ray  # noqa: E402
 from studio.testing.fakes import FakeEngine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
@@ -40,8 +43,17 @@ def test_ray_address_joins_a_cluster():
     s = load_ray_settings([], environ={"RAY_ADDRESS": "ray://head:10001"})
     assert studio_ray.ray_init_options(s, num_cpus=2) == {"address": "ray://head:10001"}
     local = studio_ray.ray_init_options(settings(), num_cpus=2, object_store_memory=1)
-    assert local == {"include_dashboard": False, "_node_ip_address": "127.0.0.1", "num_cpus": 2,
-                     "object_store_memory": 1}
+    assert local == {"include_dashboard": False, "num_cpus": 2, "object_store_memory": 1}
+
+
+def test_a_local_ray_is_prepared_for_loopback_and_the_proxy_middleware(monkeypatch):
+    for name in studio_ray.LOCAL_RAY_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    studio_ray.prepare_local_ray()
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"  # Ray then binds everything to 127.0.0.1
+    assert os.environ[studio_ray.PROXY_CALLBACK_VARIABLE] == "studio.serving.ray:proxy_middlewares"
+    module, _, function = studio_ray.PROXY_CALLBACK.partition(":")
+    assert getattr(__import__(module, fromlist=[function]), function) is studio_ray.proxy_middlewares
 
 
 @pytest.mark.parametrize(
