@@ -354,7 +354,10 @@ class OpenVINOAccelerator:
         alone, without reading its torch weights (`load_prepared_pipeline`); None for any other model, which then
         loads as usual and goes through `apply`. `source` is a studio.models.ModelSource."""
         location = Path(str(getattr(source, "location", "")))
-        if read_manifest(location) is None:
+        manifest = read_manifest(location)
+        if manifest is None:
+            return None
+        if _stale_components(manifest):  # weights replaced since the export: the regular load converts those again
             return None
         pipe, self._prepared = load_prepared_pipeline(location, self.precision)
         return pipe
@@ -406,6 +409,18 @@ def _weightless_components(folder: Path) -> dict[str, torch.nn.Module]:
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
     return {"unet": _weightless(unet), "text_encoder": _weightless(text_encoder), "vae": _weightless(vae)}
+
+
+def _stale_components(manifest: Any) -> list[str]:
+    """The exported components whose torch weights are present and no longer the exported ones (a cheap sampled
+    digest, ~1 MB read per file). An export without weight files (IR only) has none."""
+    stale = []
+    for module in ("unet", "text_encoder", "vae"):
+        folder = manifest.folder / module
+        has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+        if has_weights and not manifest.ir_files(module, verify_weights=True):
+            stale.append(module)
+    return stale
 
 
 def load_prepared_pipeline(
