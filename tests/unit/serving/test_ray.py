@@ -4,6 +4,7 @@ arguments (as `serve run` and a Serve config pass them), deploy/ray's manifests,
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 from pathlib import Path
@@ -177,7 +178,10 @@ def run_asgi(app, path: str = "/invocations", body: bytes = b'{"prompt": "x"}', 
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": path, "headers": []}
-    asyncio.run(app(scope, receive, send))
+    # In a thread of its own: asyncio.run refuses to start inside a running loop, and the e2e tests' Playwright
+    # browser keeps one running in the main thread for the rest of the session.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, app(scope, receive, send)).result()
     start = next((m for m in sent if m["type"] == "http.response.start"), None)
     if start is None:
         return None, {}, b""
