@@ -166,6 +166,7 @@ def create_studio(settings: Settings) -> tuple[gr.Blocks, StudioController]:
     """Build engine, store, controller and Blocks (not launched). A remote engine is checked as it is built (a
     missing SageMaker endpoint is an EngineError); a local one loads in the background."""
     from studio.gallery import OutputStore
+    from studio.jobs import JobTracker
     from studio.ui import StudioController, build_ui
 
     engine = engines.build(settings.engine)
@@ -181,6 +182,7 @@ def create_studio(settings: Settings) -> tuple[gr.Blocks, StudioController]:
         list_loras=lambda: list_loras(settings.engine),
         list_vaes=lambda: list_vaes(settings.engine),
         list_upscalers=lambda: list_upscalers(settings.engine),
+        jobs=JobTracker(preview_every=settings.engine.live_preview_every),
     )
     return build_ui(controller, settings.limits), controller
 

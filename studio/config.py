@@ -126,6 +126,11 @@ def _parse_s3_uri(name: str, text: str) -> str:
     return text.strip()
 
 
+# Live previews every N sampling steps by default: on a CPU a step takes seconds, and a preview costs far less
+# than one (bench field preview_overhead_pct).
+DEFAULT_LIVE_PREVIEW_EVERY = 2
+
+
 # ---- the settings objects ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EngineSettings:
@@ -147,6 +152,7 @@ class EngineSettings:
     endpoint: str | None = None  # Backend.SAGEMAKER
     function: str | None = None  # Backend.LAMBDA: function name, ARN or function URL
     limits: Limits = field(default_factory=Limits)
+    live_preview_every: int = DEFAULT_LIVE_PREVIEW_EVERY  # live previews every N sampling steps; 0 turns them off
 
     def __post_init__(self) -> None:
         for name, kind in (("backend", Backend), ("device", Device), ("kind", EngineKind), ("precision", Precision)):
@@ -160,6 +166,8 @@ class EngineSettings:
             raise ConfigError("--backend sagemaker needs --endpoint NAME")
         if self.backend is Backend.LAMBDA and not self.function:
             raise ConfigError("--backend lambda needs --function NAME (a function name, ARN or function URL)")
+        if self.live_preview_every < 0:
+            raise ConfigError(f"--live-preview-every: must be 0 (off) or more steps, got {self.live_preview_every}")
         if self.kind is EngineKind.OPENVINO and self.device is Device.CUDA:
             raise ConfigError("--device cuda: the OpenVINO engine runs on the CPU (use --engine torch on a GPU)")
         return self
@@ -313,6 +321,8 @@ _ENGINE_OPTIONS = (
     _Option("kind", "--engine", "STUDIO_ENGINE", _enum(EngineKind), "torch (default) or openvino (CPU fast path)"),
     _Option("precision", "--openvino-precision", "STUDIO_OPENVINO_PRECISION", _enum(Precision), "bf16 or f32"),
     _Option("openvino_cache", None, "STUDIO_OPENVINO_CACHE", _path),
+    _Option("live_preview_every", "--live-preview-every", "STUDIO_LIVE_PREVIEW_EVERY", parse_int,
+            f"live previews every N sampling steps ({DEFAULT_LIVE_PREVIEW_EVERY}); 0 turns them off"),
 )
 _STUDIO_BACKEND_OPTIONS = (
     _Option("backend", "--backend", "STUDIO_BACKEND", _enum(Backend), "local (default), http or sagemaker"),

@@ -7,11 +7,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from studio.types import GenerationRequest, GenerationResult
 
 ProgressCallback = Callable[[int, int], None]  # (step done, total steps) over the whole run
+
+
+@dataclass(frozen=True)
+class LivePreview:
+    """Asks an engine for live previews (A1111's "Live previews"): every `every` sampling steps, a cheap picture of
+    the image forming, made from the latents without extra weights, goes to `show(image, step, total)` (a PIL
+    image at latent resolution; steps count over the whole run like ProgressCallback). An engine that cannot see
+    its latents (a remote one) shows none."""
+
+    every: int
+    show: Callable[[Any, int, int], None]
+
+    def wanted(self, step: int, total: int) -> bool:
+        """Whether the step just finished (1-based over the run) gets a preview: every `every` steps, never the
+        last one (the finished image follows at once)."""
+        return self.every > 0 and step < total and step % self.every == 0
 
 
 class CancelToken(Protocol):
@@ -74,8 +90,10 @@ class Engine(Protocol):
         request: GenerationRequest,
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        preview: LivePreview | None = None,
     ) -> GenerationResult:
-        """Validate, run and return all images; raise RequestError / EngineError / GenerationCancelled."""
+        """Validate, run and return all images; raise RequestError / EngineError / GenerationCancelled. With
+        `preview`, a local engine shows the image forming while it samples."""
         ...
 
     def status(self) -> EngineStatus: ...

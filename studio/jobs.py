@@ -5,6 +5,10 @@ as a `Job` of the studio's `JobTracker`: jobs wait their turn in arrival order, 
 runs the tracker knows its step counts. That is what `/sdapi/v1/progress` reports (whichever job runs, UI or
 API) and what `/sdapi/v1/interrupt` stops between steps; a UI session's Stop finds its own job the same way.
 
+While a job samples, the engine may show how its image is forming (studio.engine.LivePreview): every
+`preview_every` steps (the tracker's setting, 0 = off) the job keeps the latest preview picture, which the UI shows
+and `/sdapi/v1/progress` returns as `current_image`.
+
 A job may run several batches (A1111's `n_iter`): `start_batch(no)` moves to the next one. `skip()` stops only
 the current batch (A1111's Skip); `interrupt()` stops the whole job. The job's `cancel` token is what the engine
 polls between steps (studio.engine.CancelToken).
@@ -21,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from studio.engine import GenerationCancelled, ProgressCallback
+from studio.engine import GenerationCancelled, LivePreview, ProgressCallback
 
 # How often a job waiting for its turn checks whether it was stopped meanwhile.
 _WAIT_POLL_SECONDS = 0.1
@@ -51,6 +55,9 @@ class Job:
     skipped: bool = False  # a batch of this job was skipped
     skip_requested: bool = False  # the current batch should stop (reset by start_batch)
     textinfo: str | None = None
+    preview_every: int = 0  # live previews every N sampling steps (0: none)
+    preview: Any = None  # the latest live preview (a PIL image) of the running batch, or None
+    preview_step: int = 0  # the step it shows
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     timestamp: str = field(default_factory=lambda: time.strftime("%Y%m%d%H%M%S"))
@@ -74,6 +81,7 @@ class Job:
         self.job_no = number
         self.sampling_step = 0
         self.skip_requested = False
+        self.preview, self.preview_step = None, 0
 
     def on_progress(self, forward: ProgressCallback | None = None) -> ProgressCallback:
         """The engine's progress callback for this job, also calling `forward` (e.g. the UI's progress bar)."""
@@ -84,6 +92,16 @@ class Job:
                 forward(step, total)
 
         return report
+
+    def live_preview(self) -> LivePreview | None:
+        """What the engine gets to show this job's image forming (None when previews are off)."""
+        if self.preview_every <= 0:
+            return None
+
+        def show(image: Any, step: int, _total: int) -> None:
+            self.preview, self.preview_step = image, step
+
+        return LivePreview(every=self.preview_every, show=show)
 
     def progress(self) -> float:
         """0..1 over the whole job, counting finished batches (A1111's formula)."""
@@ -98,7 +116,8 @@ class Job:
 class JobTracker:
     """Runs jobs one at a time in arrival order and reports the running one (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, preview_every: int = 0) -> None:
+        self.preview_every = preview_every  # live previews of the jobs that start from now on (0: off)
         self._lock = threading.Condition()
         self._queue: list[Job] = []  # waiting and running, oldest first; the head runs
         self._current: Job | None = None
@@ -110,7 +129,7 @@ class JobTracker:
         A job stopped while it waits (its session's Stop, or an interrupt) raises GenerationCancelled before it
         starts.
         """
-        job = Job(name=name, session=session, job_count=max(1, job_count))
+        job = Job(name=name, session=session, job_count=max(1, job_count), preview_every=max(0, self.preview_every))
         with self._lock:
             self._queue.append(job)
             while self._queue[0] is not job or self._current is not None:
@@ -132,6 +151,16 @@ class JobTracker:
     def current(self) -> Job | None:
         with self._lock:
             return self._current
+
+    def preview(self, session: str | None = None) -> tuple[Any, int] | None:
+        """The running job's latest live preview and its step (only if the job belongs to `session`, when given);
+        None when nothing runs or no preview exists yet."""
+        with self._lock:
+            job = self._current
+        if job is None or (session is not None and job.session != session):
+            return None
+        image, step = job.preview, job.preview_step
+        return None if image is None else (image, step)
 
     def waiting(self) -> int:
         """How many jobs wait behind the running one."""

@@ -29,8 +29,8 @@ from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin
 from PIL import Image
 
 from studio import metadata, prompts
-from studio.engine import CancelToken, EngineError, GenerationCancelled, ProgressCallback
-from studio.engines import conditioning, hires, inpaint
+from studio.engine import CancelToken, EngineError, GenerationCancelled, LivePreview, ProgressCallback
+from studio.engines import conditioning, hires, inpaint, previews
 from studio.engines.adapters import LoraSet, VaeCache
 from studio.models.vae import vae_hash
 from studio.samplers import make_scheduler
@@ -124,6 +124,7 @@ class Generation:
         prepared: Prepared,
         on_progress: ProgressCallback | None,
         cancel: CancelToken | None,
+        preview: LivePreview | None = None,
     ) -> GenerationResult:
         """Generate every image of a prepared request (call under the engine's run lock)."""
         started = time.perf_counter()
@@ -141,7 +142,7 @@ class Generation:
             result.warnings.extend(embeds.warnings)
             result.timings["encode"] = time.perf_counter() - started
             lora_hashes = {lora.name: lora.hash for lora in active}
-            runner = _ImageRunner(model, prepared, embeds.kwargs(), result, on_progress, cancel)
+            runner = _ImageRunner(model, prepared, embeds.kwargs(), result, on_progress, cancel, preview)
             for index, seed in enumerate(request.seeds()):
                 image = runner.image(index, seed)
                 result.images.append(image)
@@ -176,9 +177,12 @@ class _ImageRunner:
         result: GenerationResult,
         on_progress: ProgressCallback | None,
         cancel: CancelToken | None,
+        preview: LivePreview | None = None,
     ):
         self.model, self.prepared, self.embeds, self.result = model, prepared, embeds, result
         self.on_progress, self.cancel = on_progress, cancel
+        self.preview = preview if preview is not None and preview.every > 0 else None
+        self.preview_factors = previews.factors_for(conditioning.is_sdxl(prepared.pipe)) if self.preview else None
         self.count = len(prepared.request.seeds())
         self.total = prepared.steps_per_image * self.count
 
@@ -252,9 +256,13 @@ class _ImageRunner:
 
     def _on_step(self, offset: int, last: dict[str, torch.Tensor | None]) -> Callable[..., dict[str, Any]]:
         def on_step(_pipe: DiffusionPipeline, step: int, _t: torch.Tensor, kwargs: dict[str, Any]) -> dict[str, Any]:
-            last["latents"] = kwargs.get("latents")
+            last["latents"] = latents = kwargs.get("latents")
+            done = min(offset + step + 1, self.total)
             if self.on_progress is not None:
-                self.on_progress(min(offset + step + 1, self.total), self.total)
+                self.on_progress(done, self.total)
+            if self.preview is not None and latents is not None and self.preview.wanted(done, self.total):
+                scale = previews.noise_scale(_pipe.scheduler)
+                self.preview.show(previews.approximate(latents, self.preview_factors, scale), done, self.total)
             if self.cancel is not None and self.cancel.is_set():
                 raise _StopRequested
             return {}

@@ -32,6 +32,7 @@ from studio.engine import (
     CancelToken,
     EngineNotReady,
     EngineStatus,
+    LivePreview,
     ModelLoadError,
     ProgressCallback,
 )
@@ -268,6 +269,7 @@ class LocalEngine:
         request: GenerationRequest,
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        preview: LivePreview | None = None,
     ) -> GenerationResult:
         request = request.validate(self.limits).with_resolved_seed()
         loaded = self._require_loaded(wait=LOAD_WAIT_SECONDS)
@@ -277,4 +279,4 @@ class LocalEngine:
         model = Model(pipes=loaded.pipes, name=loaded.source.name, hash=loaded.model_hash, backend=self.backend)
         prepared = self.generation.prepare(model, request)  # bad input is refused before waiting for the engine
         with self._run_lock:
-            return self.generation.run(model, prepared, on_progress, cancel)
+            return self.generation.run(model, prepared, on_progress, cancel, preview)

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from studio import aws, wire
-from studio.engine import CancelToken, EngineError, EngineStatus, GenerationCancelled, ProgressCallback
+from studio.engine import CancelToken, EngineError, EngineStatus, GenerationCancelled, LivePreview, ProgressCallback
 from studio.engines.transports import (
     ASYNC_READ_TIMEOUT,
     HttpTransport,
@@ -64,6 +64,7 @@ class RemoteEngine:
         request: GenerationRequest,
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        preview: LivePreview | None = None,  # not shown: the latents stay on the remote side
     ) -> GenerationResult:
         request = request.validate(self.limits).with_resolved_seed()
         if cancel is not None and cancel.is_set():

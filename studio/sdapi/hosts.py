@@ -65,7 +65,9 @@ class EngineHost:
         return self.engine_
 
     def generate(self, request: GenerationRequest, job: Job, *, save: bool) -> GenerationResult:
-        return self.engine_.generate(request, on_progress=job.on_progress(), cancel=job.cancel)
+        return self.engine_.generate(
+            request, on_progress=job.on_progress(), cancel=job.cancel, preview=job.live_preview()
+        )
 
     def load_model(self, spec: str) -> None:
         self.engine_.load(spec)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from studio import __version__
+from studio.config import DEFAULT_LIVE_PREVIEW_EVERY
 from studio.engine import EngineError, GenerationCancelled
 from studio.jobs import Job
 from studio.sdapi import fields, listing, pnginfo
@@ -41,6 +42,7 @@ class SdapiService:
         self.hashes = listing.HashCache()
         self._ignored_options: set[str] = set()
         self._options_lock = threading.Lock()
+        self._interval = host.jobs.preview_every or DEFAULT_LIVE_PREVIEW_EVERY  # kept while previews are off
 
     # ---- generation ------------------------------------------------------------------------------------------
     def txt2img(self, payload: Any) -> dict[str, Any]:
@@ -177,7 +179,8 @@ class SdapiService:
             "samples_format": "png",
             "eta_noise_seed_delta": 0,
             "samples_save": self.host.keeps_outputs,
-            "live_previews_enable": False,
+            "live_previews_enable": self.host.jobs.preview_every > 0,
+            "show_progress_every_n_steps": self._preview_interval(),
         }
 
     def set_options(self, payload: Any) -> None:
@@ -188,10 +191,19 @@ class SdapiService:
         with self._options_lock:
             clip_skip, vae = self.options.clip_skip, self.options.vae
         target = None
+        previews_on, interval = self.host.jobs.preview_every > 0, self._preview_interval()
         for key, value in payload.items():
             if value is None:
                 continue
-            if key == "sd_model_checkpoint":
+            if key == "live_previews_enable":
+                if not isinstance(value, bool):
+                    raise invalid(key, "must be true or false", value)
+                previews_on = value
+            elif key == "show_progress_every_n_steps":
+                if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= 1000:
+                    raise invalid(key, "must be a whole number of steps from -1 to 1000 (-1, 0: no previews)", value)
+                previews_on, interval = value > 0 and previews_on, value if value > 0 else interval
+            elif key == "sd_model_checkpoint":
                 if not isinstance(value, str):
                     raise invalid(key, "must be a checkpoint title from /sdapi/v1/sd-models", value)
                 target = self._checkpoint(value, (key,))
@@ -213,6 +225,12 @@ class SdapiService:
                 raise engine_error(exc) from None
         with self._options_lock:
             self.options = fields.ApiOptions(clip_skip, vae)
+            self._interval = interval
+        self.host.jobs.preview_every = interval if previews_on else 0
+
+    def _preview_interval(self) -> int:
+        """The live preview interval in steps: the tracker's while previews are on, else the last one set."""
+        return self.host.jobs.preview_every or self._interval
 
     def _vae(self, value: Any) -> str:
         from studio.models.vae import discover_vaes, find_vae
@@ -246,14 +264,18 @@ class SdapiService:
     def loras(self) -> list[dict[str, Any]]:
         return listing.loras(self.host.models_dir)
 
-    def progress(self) -> dict[str, Any]:
-        """Whichever job runs (a UI tab's or an API request's); no live preview image (current_image is null)."""
+    def progress(self, skip_current_image: bool = False) -> dict[str, Any]:
+        """Whichever job runs (a UI tab's or an API request's); `current_image` is its latest live preview (a base64
+        PNG at latent resolution) or null: previews off, none yet, or `skip_current_image`."""
+        from studio.wire.codec import image_to_base64
+
         state = self.host.jobs.progress()
+        preview = None if skip_current_image else self.host.jobs.preview()
         return {
             "progress": state["progress"],
             "eta_relative": state["eta_relative"],
             "state": state["state"],
-            "current_image": None,
+            "current_image": image_to_base64(preview[0]) if preview is not None else None,
             "textinfo": state["textinfo"],
         }
 

@@ -88,10 +88,12 @@ def _openapi(app: FastAPI, settings: ServingSettings) -> Any:
 
 def _sdapi_router(engine: Engine, settings: ServingSettings) -> APIRouter:
     """The A1111 API on this engine (its own queue for API jobs; no outputs folder here)."""
+    from studio.jobs import JobTracker
     from studio.sdapi import EngineHost, SdapiService
     from studio.serving.sdapi import build_router
 
-    host = EngineHost(engine, settings.limits, settings.engine.models_dir)
+    jobs = JobTracker(preview_every=settings.engine.live_preview_every)
+    host = EngineHost(engine, settings.limits, settings.engine.models_dir, jobs=jobs)
     return build_router(SdapiService(host), max_body_bytes=settings.max_body_bytes)
 
 

@@ -280,7 +280,7 @@ def build_router(
     got("/loras", service.loras)
 
     async def progress(skip_current_image: bool = False) -> JSONResponse:
-        return await call(service.progress)
+        return await call(service.progress, skip_current_image)
 
     router.add_api_route("/progress", progress, methods=["GET"], responses={200: {"model": ProgressResponse}})
     action("/interrupt", service.interrupt)

@@ -63,7 +63,7 @@ class FakeEngine:
 
         return sampler_names()
 
-    def generate(self, request: Any, on_progress: Any = None, cancel: Any = None) -> Any:
+    def generate(self, request: Any, on_progress: Any = None, cancel: Any = None, preview: Any = None) -> Any:
         from PIL import Image
 
         from studio.engine import GenerationCancelled
@@ -81,6 +81,10 @@ class FakeEngine:
                 time.sleep(self.delay)
             if on_progress is not None:
                 on_progress(step + 1, request.steps)
+            if preview is not None and preview.wanted(step + 1, request.steps):
+                shade = (step + 1) * 255 // request.steps
+                picture = Image.new("RGB", (request.width // 8, request.height // 8), (shade, 0, 0))
+                preview.show(picture, step + 1, request.steps)
         images = []
         for seed in request.seeds():
             colour = (seed % 251, (seed * 7) % 253, (seed * 13) % 255)

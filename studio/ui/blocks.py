@@ -28,6 +28,12 @@ from studio.ui.widgets import FormChoices
 CSS = """
 #demo-banner { border: 2px solid #d97706; border-radius: 8px; padding: 4px 12px; background: #fffbeb; }
 #demo-banner p { color: #78350f; }
+/* While a run samples, its gallery shows the live preview under the progress bar (as A1111 does): the progress
+   overlay of the galleries is see-through and sits at the top. */
+.studio-gallery [data-testid=status-tracker].wrap.full {
+  background: transparent !important; justify-content: flex-start; }
+.studio-gallery [data-testid=status-tracker] .progress-level {
+  background: rgba(255, 255, 255, 0.85); border-radius: 6px; padding: 4px 8px; margin-top: 8px; }
 """
 logger = logging.getLogger(__name__)
 

@@ -70,7 +70,9 @@ class StudioController:
         with self._lock:
             engine = self.engine
         try:
-            result = engine.generate(request, on_progress=job.on_progress(on_progress), cancel=job.cancel)
+            result = engine.generate(
+                request, on_progress=job.on_progress(on_progress), cancel=job.cancel, preview=job.live_preview()
+            )
         except EngineError as err:  # GenerationCancelled included
             if save and err.partial is not None and err.partial.images:
                 self.store.save(err.partial)

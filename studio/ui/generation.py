@@ -8,7 +8,10 @@ in the default lane, is never queued behind the run it stops.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,8 @@ from studio.ui.widgets import DEFAULT_UPSCALER, REQUEST_DEFAULTS, SENT_FIELDS, P
 TAB_IDS = {Task.TXT2IMG: "tab-txt2img", Task.IMG2IMG: "tab-img2img", Task.INPAINT: "tab-inpaint"}
 TAB_NAMES = {Task.TXT2IMG: "Text to image", Task.IMG2IMG: "Image to image", Task.INPAINT: "Inpaint"}
 ENGINE_LANE = {"concurrency_limit": 1, "concurrency_id": "engine"}
+PREVIEW_POLL_SECONDS = 0.5  # how often a running generation looks for a new live preview to show
+PREVIEW_DISPLAY_SIDE = 256  # a preview (latent resolution: 1/8 of the image) is enlarged to about this side
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +72,7 @@ def build_outputs(task: Task) -> Outputs:
             object_fit="contain",
             interactive=False,
             elem_id=f"{prefix}-gallery",
+            elem_classes=["studio-gallery"],
         )
         with gr.Row():
             send_img2img = gr.Button("Send to Image to image", size="sm", elem_id=f"{prefix}-send-img2img")
@@ -81,8 +87,12 @@ def run_generation(
     generation: GenerationRequest,
     request: gr.Request | None,
     progress: gr.Progress | None,
-) -> tuple[Gallery, dict[str, Any]]:
-    """Generate, save, and shape the result for the gallery + info outputs. Errors become gr.Error."""
+) -> Iterator[tuple[Any, Any]]:
+    """Generate, save, and shape the result for the gallery + info outputs. Errors become gr.Error.
+
+    While the engine samples (in a worker thread), the gallery shows the run's latest live preview (studio.jobs),
+    as A1111 does; the last value yielded is the saved images and their info, which is what an API call returns.
+    """
 
     def on_progress(step: int, total: int) -> None:
         if progress is None:
@@ -92,8 +102,40 @@ def run_generation(
         else:
             progress((step, total), desc=f"step {step}/{total}", unit="steps")
 
+    session = session_of(request)
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = controller.generate(generation, session=session, on_progress=on_progress)
+        except BaseException as exc:  # re-raised below, in the handler's thread
+            outcome["error"] = exc
+
+    # The worker runs in a copy of this context: gradio finds the event's progress tracker through it.
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="studio-generate", daemon=True)
+    worker.start()
+    shown = None
+    while worker.is_alive():
+        worker.join(PREVIEW_POLL_SECONDS)
+        found = controller.jobs.preview(session)
+        if found is not None and found[0] is not shown and worker.is_alive():
+            shown = found[0]
+            yield [(enlarged(found[0]), f"live preview, step {found[1]}")], gr.skip()
+    yield finished(outcome)
+
+
+def enlarged(image: Any) -> Any:
+    """A live preview (latent resolution) enlarged for display, with sharp latent pixels."""
+    factor = max(1, PREVIEW_DISPLAY_SIDE // max(image.width, image.height))
+    return image.resize((image.width * factor, image.height * factor), resample=0) if factor > 1 else image
+
+
+def finished(outcome: dict[str, Any]) -> tuple[Gallery, dict[str, Any]]:
+    """The gallery and info of a finished run; its error as the message the user sees."""
     try:
-        result = controller.generate(generation, session=session_of(request), on_progress=on_progress)
+        if "error" in outcome:
+            raise outcome["error"]
+        result = outcome["result"]
         info = result.info()
     except RequestError as err:
         raise gr.Error(str(err), title="Invalid input") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
@@ -31,7 +32,7 @@ def img2img(
     vae: str,
     request: gr.Request,
     progress: gr.Progress = gr.Progress(),
-) -> tuple[Gallery, dict[str, Any]]:
+) -> Iterator[tuple[Gallery, dict[str, Any]]]:
     """Rework `image` towards `prompt`; `strength` (0-1] is how much changes. `scheduler`, `clip_skip` and `vae`
     as /txt2img has them. Returns the gallery and the info, as /txt2img does."""
     if image is None:
@@ -52,7 +53,7 @@ def img2img(
         clip_skip=clip_skip,
         vae=vae,
     )
-    return run_generation(controller, generation, request, progress)
+    yield from run_generation(controller, generation, request, progress)
 
 
 def size_of(image: Image.Image | None) -> tuple[Any, Any]:

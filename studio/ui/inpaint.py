@@ -6,6 +6,7 @@ In the browser the user paints the area to repaint on the image (an ImageEditor)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
@@ -39,7 +40,7 @@ def inpaint(
     vae: str,
     request: gr.Request,
     progress: gr.Progress = gr.Progress(),
-) -> tuple[Gallery, dict[str, Any]]:
+) -> Iterator[tuple[Gallery, dict[str, Any]]]:
     """Repaint the white area of `mask` in `image` following `prompt`. `scheduler`, `clip_skip` and `vae` as
     /txt2img has them. Returns the gallery and the info, as /txt2img does."""
     if image is None:
@@ -63,7 +64,7 @@ def inpaint(
         clip_skip=clip_skip,
         vae=vae,
     )
-    return run_generation(controller, generation, request, progress)
+    yield from run_generation(controller, generation, request, progress)
 
 
 def inpaint_editor(
@@ -86,7 +87,7 @@ def inpaint_editor(
     mask_blur: float,
     request: gr.Request,
     progress: gr.Progress = gr.Progress(),
-) -> tuple[Gallery, dict[str, Any]]:
+) -> Iterator[tuple[Gallery, dict[str, Any]]]:
     """The tab's Generate button: the editor's image and painted strokes (or the uploaded mask), with mask blur."""
     background, mask = editor_mask(editor, mask_upload)
     generation = to_request(
@@ -107,7 +108,7 @@ def inpaint_editor(
         vae=vae,
         mask_blur=mask_blur,
     )
-    return run_generation(controller, generation, request, progress)
+    yield from run_generation(controller, generation, request, progress)
 
 
 def editor_mask(editor: Editor | None, uploaded: Image.Image | None) -> tuple[Image.Image, Image.Image]:

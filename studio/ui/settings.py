@@ -119,6 +119,12 @@ def use_endpoint(controller: StudioController, name: str) -> str:
     return f"Now using endpoint {status.model}"
 
 
+def set_live_previews(controller: StudioController, every: float) -> None:
+    """The Live previews setting: applies to the runs that start from now on (the A1111 API's too)."""
+    controller.jobs.preview_every = max(0, int(every))
+    gr.Info(f"Live previews every {int(every)} steps" if every > 0 else "Live previews off")
+
+
 def build_settings_tab(controller: StudioController, banner: gr.Markdown) -> gr.Markdown:
     """Build the tab inside the current gr.Tab; returns the status text (blocks.py keeps it current)."""
     status = controller.status()
@@ -138,6 +144,16 @@ def build_settings_tab(controller: StudioController, banner: gr.Markdown) -> gr.
             )
             rescan = gr.Button("Rescan ./models", size="sm", scale=0)
             load = gr.Button("Load", variant="primary", scale=0, elem_id="settings-load")
+
+    gr.Markdown("### Live previews")
+    live_previews = gr.Slider(
+        0,
+        20,
+        value=controller.jobs.preview_every,
+        step=1,
+        label="Show the image forming every N sampling steps (0 = off); local engines only",
+        elem_id="settings-live-preview-every",
+    )
 
     gr.Markdown("### Backend")
     with gr.Group():
@@ -162,6 +178,7 @@ def build_settings_tab(controller: StudioController, banner: gr.Markdown) -> gr.
         bind(load_model, controller), model, shown, api_name="load_model", concurrency_limit=1, concurrency_id="engine"
     )
     use.click(bind(use_backend, controller), [backend, target], shown, api_name="use_backend", concurrency_id="engine")
+    live_previews.release(bind(set_live_previews, controller), live_previews, None, api_visibility="private")
     endpoints.click(bind(list_endpoints, controller), None, target, api_visibility="private")
     functions.click(list_lambda_functions, None, [backend, target], api_visibility="private")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
@@ -34,7 +35,7 @@ def txt2img(
     hires_resize_y: float,
     request: gr.Request,
     progress: gr.Progress = gr.Progress(),
-) -> tuple[Gallery, dict[str, Any]]:
+) -> Iterator[tuple[Gallery, dict[str, Any]]]:
     """Generate `count` images from `prompt` with seeds seed, seed+1, … (-1: random). The prompt takes A1111's
     syntax, `<lora:name:weight>` tags included. `scheduler` is the schedule type ("Automatic", "Karras", …),
     `clip_skip` 1 = the last CLIP layer, `vae` "Automatic" or a file in models/VAE. Hires fix is on when
@@ -61,7 +62,7 @@ def txt2img(
         hires_resize_x=hires_resize_x,
         hires_resize_y=hires_resize_y,
     )
-    return run_generation(controller, generation, request, progress)
+    yield from run_generation(controller, generation, request, progress)
 
 
 def build_txt2img_tab(controller: StudioController, choices: FormChoices, limits: Limits) -> GenerationTab:

@@ -378,6 +378,69 @@ def test_stop_ends_a_long_run_early_and_keeps_what_was_finished(page, studio):
     assert not any("Error" in t for t in toasts(page))
 
 
+def watch_gallery(page, prefix: str, until: float, stop_when_idle: bool = True) -> list[tuple[str, tuple[int, int]]]:
+    """(src, natural size) of each distinct image the gallery shows while the run goes on."""
+    seen: dict[str, tuple[int, int]] = {}
+    status = tracker(page, f"{prefix}-gallery")
+    while time.monotonic() < until:
+        for src, w, h in page.locator(f"#{prefix}-gallery img").evaluate_all(
+            "els => els.filter(e => e.complete && e.naturalWidth > 0)"
+            ".map(e => [e.src, e.naturalWidth, e.naturalHeight])"
+        ):
+            seen.setdefault(src, (w, h))
+        if stop_when_idle and seen and "step" not in status.inner_text():
+            break
+        time.sleep(0.1)
+    return list(seen.items())
+
+
+def test_live_preview_shows_the_image_forming_in_the_gallery(page, studio):
+    from studio.testing.browser import RESULTS
+
+    open_studio(page, studio.url)
+    panel = page.locator("#tab-txt2img")
+    type_prompt(page, "txt2img", "a harbour at dusk")
+    small_run(panel, steps=150, count=1)
+    set_seed(panel, 4242)
+    page.locator("#txt2img-generate").click()
+
+    gallery = page.locator("#txt2img-gallery")
+    expect(gallery).to_contain_text(re.compile(r"live preview, step \d+"), timeout=60_000)  # mid-run
+    assert "step" in tracker(page, "txt2img-gallery").inner_text()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(RESULTS / "live-preview-mid-run.png"))
+    seen = watch_gallery(page, "txt2img", time.monotonic() + 60)
+    previews = [src for src, size in seen if size == (256, 256)]  # the 8x8 latent preview of 64x64, enlarged
+    assert len(previews) >= 2, seen  # it moves on with the run
+    wait_idle(page, "txt2img-gallery")
+    expect(thumbnails(page, "txt2img")).to_have_count(1)
+    expect(gallery).not_to_contain_text("live preview")
+    assert natural_sizes(thumbnails(page, "txt2img")) == [(64, 64)]  # the saved image replaced it
+    info = read_json(page, "txt2img-info")
+    assert info["seeds"] == [4242] and Path(info["paths"][0]).is_file()
+
+
+def test_live_previews_can_be_turned_off_in_settings(page, studio):
+    open_studio(page, studio.url)
+    open_tab(page, "Settings")
+    box = page.locator("#settings-live-preview-every input[type=number]")
+    box.fill("0")
+    box.press("Enter")
+    page.locator("#settings-live-preview-every input[type=range]").dispatch_event("pointerup")
+    wait_toast(page, r"Live previews off")
+    try:
+        assert studio.controller.jobs.preview_every == 0
+        open_tab(page, "Text to image")
+        type_prompt(page, "txt2img", "no previews please")
+        small_run(page.locator("#tab-txt2img"), steps=100)
+        page.locator("#txt2img-generate").click()
+        seen = watch_gallery(page, "txt2img", time.monotonic() + 60)
+        wait_idle(page, "txt2img-gallery")
+        assert [size for _, size in seen] == [(64, 64)], seen  # only the finished image, never a preview
+    finally:
+        studio.controller.jobs.preview_every = 2
+
+
 def test_history_is_there_after_a_restart(page, tmp_path):
     first = start_studio(tmp_path)
     try:

@@ -94,7 +94,7 @@ def test_engine_errors_become_500_with_the_message_and_server_recovers():
 
 def test_empty_result_is_never_a_200():
     class EmptyEngine(FakeEngine):
-        def generate(self, request, on_progress=None, cancel=None):
+        def generate(self, request, on_progress=None, cancel=None, preview=None):
             return GenerationResult(images=[], seeds=[], infotexts=[], request=request)
 
     with UvicornThread(create_app(EmptyEngine(loaded=True), settings=ServingSettings(), load=False)) as server:

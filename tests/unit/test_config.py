@@ -87,3 +87,15 @@ def test_for_backend_points_the_engine_settings_elsewhere():
     assert base.for_backend("local", "other").model == "other"
     with pytest.raises(ConfigError, match="backend"):
         base.for_backend("ftp", "x")
+
+
+def test_live_preview_interval_flag_env_and_bad_values():
+    from studio.config import DEFAULT_LIVE_PREVIEW_EVERY, load_serving_settings
+
+    assert load_settings([], environ={}).engine.live_preview_every == DEFAULT_LIVE_PREVIEW_EVERY
+    assert load_settings(["--live-preview-every", "0"], environ={}).engine.live_preview_every == 0
+    assert load_serving_settings([], environ={"STUDIO_LIVE_PREVIEW_EVERY": "5"}).engine.live_preview_every == 5
+    with pytest.raises(ConfigError, match="--live-preview-every"):
+        load_settings(["--live-preview-every", "-1"], environ={})
+    with pytest.raises(ConfigError, match="STUDIO_LIVE_PREVIEW_EVERY"):
+        load_settings([], environ={"STUDIO_LIVE_PREVIEW_EVERY": "often"})

@@ -86,3 +86,30 @@ def test_skip_stops_only_the_current_batch():
         assert job.cancel.is_set() and job.skipped
         job.start_batch(1)
         assert not job.cancel.is_set() and tracker.progress()["state"]["skipped"] is True
+
+
+def test_live_previews_belong_to_the_running_job_of_their_session():
+    from PIL import Image
+
+    tracker = JobTracker(preview_every=3)
+    assert tracker.preview() is None
+    with tracker.run("txt2img", session="browser-a") as job:
+        preview = job.live_preview()
+        assert preview is not None and preview.every == 3
+        assert tracker.preview() is None  # nothing shown yet
+        picture = Image.new("RGB", (8, 8), (200, 10, 10))
+        preview.show(picture, 3, 9)
+        assert tracker.preview() == (picture, 3) and tracker.preview("browser-a") == (picture, 3)
+        assert tracker.preview("browser-b") is None  # another browser sees nothing of it
+        job.start_batch(1)
+        assert tracker.preview() is None  # a new batch starts without the old picture
+    assert tracker.preview() is None  # done
+
+
+def test_turning_previews_off_applies_to_the_next_job():
+    tracker = JobTracker(preview_every=2)
+    with tracker.run("txt2img") as job:
+        tracker.preview_every = 0
+        assert job.live_preview() is not None  # the running job keeps its setting
+    with tracker.run("txt2img") as job:
+        assert job.live_preview() is None

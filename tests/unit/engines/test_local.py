@@ -218,3 +218,36 @@ def test_failure_part_way_keeps_finished_images(engine, monkeypatch):
         engine.generate(BASE.replace(count=3))
     assert info.value.partial is not None and info.value.partial.seeds == [1234]
     assert len(info.value.partial.images) == 1
+
+
+def test_live_previews_come_every_n_steps_at_latent_resolution_and_change_no_pixel(engine):
+    from studio.engine import LivePreview
+
+    shown: list[tuple[int, int, tuple[int, int]]] = []
+    request = BASE.replace(steps=5, count=2, width=64, height=48)
+    preview = LivePreview(every=2, show=lambda image, step, total: shown.append((step, total, image.size)))
+    with_previews = engine.generate(request, preview=preview)
+    assert [(step, total) for step, total, _ in shown] == [(2, 10), (4, 10), (6, 10), (8, 10)]  # never the last
+    assert {size for _, _, size in shown} == {(8, 6)}  # 1/8 of 64x48
+    plain = engine.generate(request)
+    for a, b in zip(with_previews.images, plain.images, strict=True):
+        assert np.array_equal(pixels(a), pixels(b))
+
+
+def test_live_previews_follow_the_image_forming(engine):
+    """The preview is the latents seen through the linear map: late previews differ from early ones."""
+    from studio.engine import LivePreview
+
+    shown: list = []
+    engine.generate(BASE.replace(steps=6), preview=LivePreview(every=1, show=lambda image, *_: shown.append(image)))
+    assert len(shown) == 5 and all(image.mode == "RGB" for image in shown)
+    assert not np.array_equal(pixels(shown[0]), pixels(shown[-1]))
+
+
+def test_live_previews_count_the_hires_second_pass(engine):
+    from studio.engine import LivePreview
+
+    steps: list[int] = []
+    request = BASE.replace(steps=3, hires_scale=2.0, hires_steps=2, hires_upscaler="Latent")
+    engine.generate(request, preview=LivePreview(every=1, show=lambda image, step, total: steps.append(step)))
+    assert steps == [1, 2, 3, 4]  # 3 first-pass steps + 2 second-pass steps, the last one without a preview

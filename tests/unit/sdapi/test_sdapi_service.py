@@ -15,6 +15,7 @@ from PIL import Image
 from studio.engine import EngineError, EngineNotReady
 from studio.gallery import OutputStore
 from studio.imagemeta import read_infotext
+from studio.jobs import JobTracker
 from studio.sdapi import ApiError, SdapiService, StudioHost
 from studio.testing.fakes import FakeEngine
 from studio.types import Limits
@@ -142,3 +143,40 @@ def test_png_info(tmp_path):
     with pytest.raises(ApiError) as caught:
         service.png_info({"image": base64.b64encode(b"text").decode()})
     assert caught.value.body["detail"][0]["loc"] == ["body", "image"]
+
+
+def test_progress_returns_the_live_preview_as_current_image(tmp_path):
+    engine = FakeEngine(loaded=True, delay=0.02)
+    controller = StudioController(engine=engine, store=OutputStore(tmp_path), jobs=JobTracker(preview_every=2))
+    service = SdapiService(StudioHost(controller, Limits(max_count=8), tmp_path / "models"))
+    assert service.get_options()["live_previews_enable"] is True
+    assert service.get_options()["show_progress_every_n_steps"] == 2
+    thread, _ = run_in_thread(service.txt2img, {**BODY, "steps": 60, "width": 128, "height": 64})
+    deadline = time.monotonic() + 10
+    while (state := service.progress())["current_image"] is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    preview = Image.open(io.BytesIO(base64.b64decode(state["current_image"])))
+    assert preview.format == "PNG" and preview.size == (16, 8)  # latent resolution of 128x64
+    assert service.progress(skip_current_image=True)["current_image"] is None
+    service.interrupt()
+    thread.join(10)
+
+
+def test_options_turn_live_previews_off_and_on(tmp_path):
+    engine = FakeEngine(loaded=True, delay=0.01)
+    controller = StudioController(engine=engine, store=OutputStore(tmp_path), jobs=JobTracker(preview_every=2))
+    service = SdapiService(StudioHost(controller, Limits(max_count=8), tmp_path / "models"))
+    service.set_options({"live_previews_enable": False})
+    assert controller.jobs.preview_every == 0
+    assert service.get_options()["live_previews_enable"] is False
+    assert service.get_options()["show_progress_every_n_steps"] == 2  # kept for when they come back
+    thread, _ = run_in_thread(service.txt2img, {**BODY, "steps": 30})
+    wait_for_step(service)
+    assert service.progress()["current_image"] is None
+    thread.join(10)
+    service.set_options({"live_previews_enable": True, "show_progress_every_n_steps": 5})
+    assert controller.jobs.preview_every == 5
+    for key, bad in (("live_previews_enable", "yes"), ("show_progress_every_n_steps", 2.5)):
+        with pytest.raises(ApiError) as caught:
+            service.set_options({key: bad})
+        assert caught.value.status == 422 and key in json.dumps(caught.value.body)

@@ -89,7 +89,7 @@ def test_an_invocation_with_a_forbidden_output_is_refused_by_the_writer_itself()
 
 def test_generate_refuses_an_empty_result():
     class EmptyEngine(FakeEngine):
-        def generate(self, request, on_progress=None, cancel=None):
+        def generate(self, request, on_progress=None, cancel=None, preview=None):
             from studio.types import GenerationResult
 
             return GenerationResult(images=[], seeds=[], infotexts=[], request=request)

@@ -24,7 +24,7 @@ class FailingEngine:
     def __init__(self, error: EngineError):
         self.error = error
 
-    def generate(self, request, on_progress=None, cancel=None):
+    def generate(self, request, on_progress=None, cancel=None, preview=None):
         raise self.error
 
     def status(self) -> EngineStatus:
