@@ -90,3 +90,52 @@ def lora_rss(model: str, size: int, steps: int, requests: int = 50) -> dict[str,
         "rss_growth_pct": round((max(trace[len(prompts) :]) - first_cycle_end) / first_cycle_end * 100, 2),
         "rss_trace_mb": trace,
     }
+
+
+def preview_cost(model: str, size: int, steps: int, rounds: int, warmup: int = 1) -> dict[str, Any]:
+    """Live previews at the default interval vs none, interleaved on one engine: `overhead_pct` = (ratio - 1) x 100.
+
+    Also the cost of one preview on its own (latent → RGB map + PIL image, median of 200) and what it adds per run
+    at this size and step count (`derived_overhead_pct`): readable where the interleaved ratio drowns in noise.
+    """
+    import time
+
+    import torch
+
+    from studio.config import DEFAULT_LIVE_PREVIEW_EVERY
+    from studio.engine import LivePreview
+    from studio.engines import previews
+
+    engine, _ = _engine_with_loras(model)
+    shown: list[int] = []
+    preview = LivePreview(every=DEFAULT_LIVE_PREVIEW_EVERY, show=lambda _image, step, _total: shown.append(step))
+    request = _request(PLAIN, size, steps)
+    times = interleave(
+        {"previews": lambda: engine.generate(request, preview=preview), "plain": lambda: engine.generate(request)},
+        rounds=rounds,
+        warmup=warmup,
+    )
+    summary = ratio_summary(times["previews"], times["plain"])
+    latents = torch.randn(1, 4, size // 8, size // 8)
+    factors = previews.factors_for(sdxl=False)
+    one: list[float] = []
+    for _ in range(200):
+        started = time.perf_counter()
+        previews.approximate(latents, factors, 2.0)
+        one.append(time.perf_counter() - started)
+    per_run = len(shown) / (rounds + warmup)
+    preview_ms = Stats.of(one).median * 1000
+    plain_ms = Stats.of(times["plain"]).median * 1000
+    return {
+        "model": model,
+        "size": size,
+        "steps": steps,
+        "every": DEFAULT_LIVE_PREVIEW_EVERY,
+        "previews_per_run": per_run,
+        "plain_s": Stats.of(times["plain"]).as_dict(),
+        "previews_s": Stats.of(times["previews"]).as_dict(),
+        **summary,
+        "overhead_pct": round((summary["ratio"] - 1) * 100, 2),
+        "preview_ms": round(preview_ms, 3),
+        "derived_overhead_pct": round(per_run * preview_ms / plain_ms * 100, 3),
+    }

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -26,6 +27,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SCHEMA_VERSION = 1
 # Section name -> key in the result JSON (the contract names).
 RESULT_KEYS = {"openvino": "openvino_vs_torch"}
+MERGED_INTO = {"hardware": "machine"}  # sections whose fields join another result (machine.bf16_matmul_tflops)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +59,20 @@ def select(only: str | None, skip: str | None) -> list[str]:
     return [name for name in SECTIONS if name in chosen and name not in skipped]
 
 
+def missing_package(exc: BaseException) -> str | None:
+    """The third-party package a section could not import (in this process or in its worker), else None; a
+    missing module of the studio or the bench itself is a bug, not a missing extra."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        name = exc.name
+    else:
+        found = re.search(r"No module named '([\w.]+)'", str(exc))
+        if found is None:
+            return None
+        name = found.group(1)
+    top = name.split(".")[0]
+    return None if top in ("studio", "bench", "app") else top
+
+
 def run(selected: list[str], *, quick: bool, verbose: bool = False, rounds: int | None = None) -> dict[str, Any]:
     """Run `selected` sections and return the complete result dict (not yet written)."""
     profile = QUICK if quick else FULL
@@ -80,19 +96,31 @@ def run(selected: list[str], *, quick: bool, verbose: bool = False, rounds: int 
                 data = SECTIONS[name](ctx)
                 status = "skipped" if isinstance(data, dict) and data.get("skipped") else "ok"
             except Exception as exc:
+                missing = missing_package(exc)
+                if missing is not None:  # an extra of requirements-dev.txt: a skip that names it, not a failure
+                    data, status = {"skipped": f"needs {missing} (pip install -r requirements-dev.txt)"}, "skipped"
+                    results[RESULT_KEYS.get(name, name)] = data
+                    results["sections"][name] = {"status": status, "seconds": 0.0}
+                    logger.warning("section %s skipped: %s", name, data["skipped"])
+                    continue
                 logger.error("section %s failed: %s", name, exc)
                 if verbose:
                     traceback.print_exc()
                 data = {"error": f"{type(exc).__name__}: {exc}"[:4000]}
                 status = "error"
             seconds = round(time.perf_counter() - section_started, 1)
-            results[RESULT_KEYS.get(name, name)] = data
+            if name in MERGED_INTO and status == "ok":
+                results[MERGED_INTO[name]].update(data)
+            else:
+                results[RESULT_KEYS.get(name, name)] = data
             results["sections"][name] = {"status": status, "seconds": seconds}
             logger.info("== %s: %s in %.1fs", name, status, seconds)
     finally:
         ctx.close()
     serving = results.get("serving")
     results["serving_overhead_ms_512"] = serving.get("headline_ms") if isinstance(serving, dict) else None
+    preview = results.get("previews")
+    results["preview_overhead_pct"] = preview.get("overhead_pct") if isinstance(preview, dict) else None
     for dotted in CONTRACT_FIELDS:
         set_default_path(results, dotted, None)
     results["goals"] = evaluate_goals(results)
@@ -142,6 +170,8 @@ def table(results: dict[str, Any]) -> str:
         "serving_overhead_ms_512": lambda r: _range(get_path(r, "serving.overhead_ms"), "min", "max", " ms"),
         "openvino_vs_torch.speedup": lambda r: _ov_spread(r),
         "task_switch.rss_increase_pct": lambda r: f"peak {_fmt(get_path(r, 'task_switch.peak_rss_mb'))} MB",
+        "preview_overhead_pct": lambda r: _range(get_path(r, "previews"), "round_ratio_min", "round_ratio_max")
+        + f"; derived {_fmt(get_path(r, 'previews.derived_overhead_pct'))} %",
     }
     for goal in GOALS:
         if goal.field not in goals:
@@ -155,6 +185,10 @@ def table(results: dict[str, Any]) -> str:
         ("engine_vs_raw: own time outside call", "engine_vs_raw.cases.0.engine_outside_pipeline_ms.median", " ms"),
         ("engine_vs_raw: from outside time", "engine_vs_raw.cases.0.ratio_from_outside", ""),
         ("engine_vs_raw (sd15 256² 4 steps)", "engine_vs_raw.cases.1.ratio", ""),
+        ("machine bf16 matmul peak", "machine.bf16_matmul_tflops", " TFLOPS"),
+        ("UNet TFLOP per guided 512² step", "openvino_vs_torch.unet_tflop_512", ""),
+        ("openvino UNet peak fraction 256²", "openvino_vs_torch.unet_peak_fraction_256", ""),
+        ("one live preview", "previews.preview_ms", " ms"),
         ("openvino end-to-end speedup", "openvino_vs_torch.end_to_end.speedup", ""),
         ("openvino f32 max pixel diff (demo)", "openvino_vs_torch.accuracy_demo.f32.max_pixel_diff", ""),
         ("openvino bf16 max pixel diff (demo)", "openvino_vs_torch.accuracy_demo.bf16.max_pixel_diff", ""),

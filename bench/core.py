@@ -216,6 +216,9 @@ GOALS: tuple[Goal, ...] = (
     Goal("gpu.speedup", ">=", 1.2, "studio fast settings at least 1.2x plain diffusers fp16 (GPU only)"),
     Goal("a1111.overhead_pct", "<=", 5, "prompt weighting + one LoRA cost at most 5 % over a plain prompt"),
     Goal("a1111.lora_rss_growth_pct", "<=", 5, "cycling 3 LoRAs and none grows RSS by at most 5 % after one cycle"),
+    Goal("preview_overhead_pct", "<=", 3, "live previews at the default interval cost at most 3 % of generation time"),
+    Goal("openvino_vs_torch.unet_peak_fraction_512", ">=", 0.6,
+         "the OpenVINO UNet step at 512x512 reaches at least 60 % of the machine's bf16 matmul peak"),
 )
 
 # Fields every result file has (null when the section did not run), so consumers can rely on them.
@@ -227,6 +230,10 @@ CONTRACT_FIELDS = (
     "openvino_vs_torch.speedup",
     "a1111.overhead_pct",
     "a1111.lora_rss_growth_pct",
+    "preview_overhead_pct",
+    "machine.bf16_matmul_tflops",
+    "openvino_vs_torch.unet_tflop_512",
+    "openvino_vs_torch.unet_peak_fraction_512",
 )
 
 

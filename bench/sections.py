@@ -50,6 +50,7 @@ class Profile:
     openvino_accuracy: bool  # demo-model pixel differences f32/bf16 vs torch (also covered by the tests)
     a1111: tuple[str, int, int, int] = ("demo", 256, 10, 8)  # weighting + LoRA cost: (model, size, steps, rounds)
     lora_rss: tuple[str, int, int, int] = ("demo", 256, 2, 50)  # LoRA cycling: (model, size, steps, requests)
+    previews: tuple[str, int, int, int] = ("demo", 256, 10, 8)  # live previews on/off: (model, size, steps, rounds)
     worker_timeout: float = 1800.0
 
     def capped(self, rounds: int) -> Profile:
@@ -69,6 +70,7 @@ class Profile:
             openvino_rounds=min(self.openvino_rounds, n),
             a1111=(*self.a1111[:3], min(self.a1111[3], n)),
             lora_rss=(*self.lora_rss[:3], min(self.lora_rss[3], max(8, n))),
+            previews=(*self.previews[:3], min(self.previews[3], n)),
         )
 
 
@@ -108,6 +110,7 @@ FULL = Profile(
     openvino_accuracy=True,
     a1111=("sd15", 256, 4, 3),
     lora_rss=("sd15", 128, 1, 50),
+    previews=("sd15", 256, 10, 4),
 )
 
 # Requests the HTTP sections send (the demo model: the point is the overhead around the engine, not the engine).
@@ -122,6 +125,7 @@ class Context:
     profile: Profile
     verbose: bool = False
     _serving: Any = None
+    _hardware: dict[str, Any] | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     def worker(self, task: str, **args: Any) -> dict[str, Any]:
@@ -137,6 +141,12 @@ class Context:
             self._closers.append(self._serving.stop)
             logger.info("serving process ready on %s in %.1fs", self._serving.url, time.perf_counter() - started)
         return self._serving
+
+    def hardware(self) -> dict[str, Any]:
+        """The machine's bf16 matmul peak and the UNet's TFLOP per guided step (bench/hardware.py), measured once."""
+        if self._hardware is None:
+            self._hardware = self.worker("hardware", sizes=[256, 512])
+        return self._hardware
 
     def close(self) -> None:
         while self._closers:
@@ -190,6 +200,29 @@ def peak_rss(ctx: Context) -> dict[str, Any]:
     return out
 
 
+def hardware(ctx: Context) -> dict[str, Any]:
+    """`machine.bf16_matmul_tflops`: this CPU's bf16 matmul peak on the engine's threads (+ the UNet's TFLOP/step)."""
+    return dict(ctx.hardware())
+
+
+def peak_fraction(speed: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
+    """How close the OpenVINO UNet step runs to the machine's bf16 peak, per measured size: achieved TFLOPS (the
+    step's FLOPs over its median time) ÷ `bf16_matmul_tflops`. `unet_peak_fraction_512` is null when 512² was not
+    measured (the quick profile measures 256²)."""
+    flops, peak = machine.get("unet_tflop", {}), machine.get("bf16_matmul_tflops")
+    out: dict[str, Any] = {"unet_tflop_512": flops.get("512"), "bf16_matmul_tflops": peak}
+    for size, data in speed.get("per_size", {}).items():
+        tflop, seconds = flops.get(size), data["openvino_step_s"]["median"]
+        if tflop is None or not seconds or not peak:
+            continue
+        data["unet_tflop"] = tflop
+        data["achieved_tflops"] = round(tflop / seconds, 4)
+        data["peak_fraction"] = round(tflop / seconds / peak, 3)
+        out[f"unet_peak_fraction_{size}"] = data["peak_fraction"]
+    out.setdefault("unet_peak_fraction_512", None)
+    return out
+
+
 def openvino(ctx: Context) -> dict[str, Any]:
     """`openvino_vs_torch.speedup` on the full-size SD 1.5 architecture, plus demo-model pixel differences."""
     try:
@@ -205,6 +238,7 @@ def openvino(ctx: Context) -> dict[str, Any]:
         precision="bf16",
         e2e=list(p.openvino_e2e) if p.openvino_e2e else None,
     )
+    speed.update(peak_fraction(speed, ctx.hardware()))
     if not p.openvino_accuracy:
         return speed
     accuracy = ctx.worker("openvino_accuracy", precisions=["f32", "bf16"], size=256, steps=10)
@@ -395,9 +429,17 @@ def a1111(ctx: Context) -> dict[str, Any]:
     }
 
 
+def previews(ctx: Context) -> dict[str, Any]:
+    """`preview_overhead_pct`: live previews at the default interval vs none (torch engine)."""
+    model, size, steps, rounds = ctx.profile.previews
+    return ctx.worker("preview_cost", model=model, size=size, steps=steps, rounds=rounds)
+
+
 SECTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "hardware": hardware,
     "engine_vs_raw": engine_vs_raw,
     "a1111": a1111,
+    "previews": previews,
     "serving": serving,
     "load_run": load_run,
     "task_switch": task_switch,

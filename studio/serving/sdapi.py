@@ -300,6 +300,10 @@ class _OptionsDoc(BaseModel):
     sd_model_checkpoint: str | None = Field(default=None, description="A title from /sdapi/v1/sd-models")
     CLIP_stop_at_last_layers: int | None = Field(default=None, description="Clip skip for API requests (1-12)")
     sd_vae: str | None = Field(default=None, description="Automatic, None or a file from /sdapi/v1/sd-vae")
+    live_previews_enable: bool | None = Field(default=None, description="Live previews (progress's current_image)")
+    show_progress_every_n_steps: int | None = Field(
+        default=None, description="Live preview every N sampling steps (-1 or 0: none)"
+    )
 
 
 def _nothing() -> None:

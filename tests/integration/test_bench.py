@@ -103,3 +103,47 @@ def test_quick_run_of_a_fast_subset_writes_the_contract_json(tmp_path):
     assert data["sections"] == {name: data["sections"][name] for name in ("engine_vs_raw", "task_switch")}
     assert all(s["status"] == "ok" for s in data["sections"].values())
     assert "engine_vs_raw.ratio" in proc.stdout  # the printed table
+
+
+def test_a_section_whose_extra_is_missing_is_skipped_naming_the_package(monkeypatch):
+    from bench import cli
+    from bench.core import WorkerError
+
+    def needs_moto(_ctx):
+        raise ModuleNotFoundError("No module named 'moto'", name="moto")
+
+    def worker_needs_ray(_ctx):
+        raise WorkerError("worker ray_serve failed: ModuleNotFoundError: No module named 'ray.serve'")
+
+    def broken(_ctx):
+        raise ModuleNotFoundError("No module named 'studio.nowhere'", name="studio.nowhere")
+
+    monkeypatch.setitem(cli.SECTIONS, "async_remote", needs_moto)
+    monkeypatch.setitem(cli.SECTIONS, "ray_serve", worker_needs_ray)
+    monkeypatch.setitem(cli.SECTIONS, "gradio", broken)
+    results = cli.run(["async_remote", "ray_serve", "gradio"], quick=True)
+    assert results["sections"]["async_remote"]["status"] == "skipped"
+    assert "moto" in results["async_remote"]["skipped"]
+    assert results["sections"]["ray_serve"]["status"] == "skipped" and "ray" in results["ray_serve"]["skipped"]
+    assert results["sections"]["gradio"]["status"] == "error"  # the studio's own module missing is a bug
+    assert "skipped" in table(results)
+
+
+def test_peak_fraction_is_achieved_tflops_over_the_machine_peak():
+    from bench.sections import peak_fraction
+
+    speed = {"per_size": {"256": {"openvino_step_s": {"median": 0.5}}, "512": {"openvino_step_s": {"median": 2.0}}}}
+    machine = {"unet_tflop": {"256": 0.36, "512": 1.6}, "bf16_matmul_tflops": 1.0}
+    out = peak_fraction(speed, machine)
+    assert out["unet_tflop_512"] == 1.6
+    assert out["unet_peak_fraction_256"] == pytest.approx(0.72) and out["unet_peak_fraction_512"] == pytest.approx(0.8)
+    assert speed["per_size"]["512"]["achieved_tflops"] == pytest.approx(0.8)
+    assert peak_fraction({"per_size": {"256": speed["per_size"]["256"]}}, machine)["unet_peak_fraction_512"] is None
+
+
+def test_unet_flops_are_counted_for_the_sd15_architecture():
+    from bench.hardware import unet_tflop
+
+    flops = unet_tflop([256, 512])
+    assert 1.4 < flops["512"] < 1.8  # a guided SD 1.5 step at 512² is about 1.6 TFLOP
+    assert 4 < flops["512"] / flops["256"] < 5  # 4x the pixels, plus attention's quadratic part

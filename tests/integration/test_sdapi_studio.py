@@ -142,7 +142,7 @@ def test_save_images_adds_to_history_only_when_asked(api, studio):
     assert len(entries) == count + 1 and entries[0].seed == 12 and Path(entries[0].path).is_file()
 
 
-def test_progress_during_a_run_interrupt_and_wait_for_ready(api):
+def test_progress_during_a_run_interrupt_and_wait_for_ready(studio, api):
     box: dict = {}
     thread = threading.Thread(target=lambda: box.update(result=api.txt2img(
         prompt="a long run", seed=21, width=64, height=64, steps=150, n_iter=3)))  # fmt: skip
@@ -157,6 +157,11 @@ def test_progress_during_a_run_interrupt_and_wait_for_ready(api):
         time.sleep(0.02)
     assert seen is not None, "the run never showed up in /progress"
     assert seen["state"]["job"] == "txt2img" and 0 < seen["progress"] < 1 and seen["eta_relative"] >= 0
+    preview = seen["current_image"] or api.get_progress()["current_image"]  # the live preview (every 2 steps)
+    assert preview is not None, "no live preview in /progress"
+    assert Image.open(io.BytesIO(base64.b64decode(preview))).size == (8, 8)  # latent resolution of 64x64
+    skipped = requests.get(f"{base(studio)}/progress", params={"skip_current_image": "true"}, timeout=10).json()
+    assert skipped["current_image"] is None and skipped["state"]["job"] == "txt2img"
     assert api.skip() == {}
     while api.get_progress()["state"]["job_no"] < 1 and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -1,0 +1,91 @@
+"""How close to the hardware: the machine's bf16 matmul peak and the UNet's FLOPs per guided step.
+
+- `machine_peak` (a worker, so its threads are the engine's: torch's and OpenVINO's defaults in a fresh process):
+  a 4096² matmul in bf16 through torch and through OpenVINO (and f32 through torch, for reference); the best of
+  five runs after a warm-up. `bf16_matmul_tflops` is the better of the two libraries: what this CPU can do on
+  these threads.
+- `unet_tflop`: FLOPs of one guided SD 1.5 UNet step (batch 2: conditional + unconditional) counted by
+  torch.utils.flop_counter.FlopCounterMode on the meta device, from the shipped config (studio/configs/sd-v1): no
+  weights, no compute, exact for the architecture. A multiply-add counts as 2 FLOPs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+MATMUL_SIDE = 4096
+SD1_CONFIG = Path(__file__).resolve().parents[1] / "studio" / "configs" / "sd-v1"
+
+
+def _best_seconds(run: Any, repeats: int = 5) -> float:
+    run()  # warm-up: kernels chosen, memory touched
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _torch_matmul(dtype_name: str, side: int) -> float:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
+    return 2 * side**3 / _best_seconds(lambda: torch.matmul(a, b)) / 1e12
+
+
+def _openvino_matmul(hint: str, side: int) -> float | None:
+    try:
+        import numpy as np
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    left = ops.parameter([side, side], ov.Type.f32)
+    right = ops.constant(rng.standard_normal((side, side), dtype=np.float32))
+    model = ov.Model([ops.matmul(left, right, False, False)], [left])
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    request, x = compiled.create_infer_request(), rng.standard_normal((side, side), dtype=np.float32)
+    return 2 * side**3 / _best_seconds(lambda: request.infer([x])) / 1e12
+
+
+def machine_peak(side: int = MATMUL_SIDE) -> dict[str, Any]:
+    """The bf16 (and f32) matmul TFLOPS of this machine on the engine's threads."""
+    import torch
+
+    out: dict[str, Any] = {"matmul_side": side, "torch_threads": torch.get_num_threads()}
+    out["torch_bf16_tflops"] = round(_torch_matmul("bfloat16", side), 4)
+    out["torch_f32_tflops"] = round(_torch_matmul("float32", side), 4)
+    ov_bf16 = _openvino_matmul("bf16", side)
+    out["openvino_bf16_tflops"] = round(ov_bf16, 4) if ov_bf16 is not None else None
+    out["bf16_matmul_tflops"] = max(v for v in (out["torch_bf16_tflops"], out["openvino_bf16_tflops"]) if v)
+    return out
+
+
+def unet_tflop(sizes: list[int], batch: int = 2) -> dict[str, float]:
+    """TFLOP of one UNet call at each size (batch 2 = one guided step), counted on the meta device."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = UNet2DConditionModel.load_config(str(SD1_CONFIG / "unet"))
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    out: dict[str, float] = {}
+    for size in sizes:
+        latent = size // 8  # the SD VAE downsamples by 8
+        sample = torch.empty(batch, unet.config.in_channels, latent, latent, device="meta")
+        hidden = torch.empty(batch, 77, unet.config.cross_attention_dim, device="meta")
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            unet(sample, torch.tensor(500.0, device="meta"), hidden, return_dict=False)
+        out[str(size)] = round(counter.get_total_flops() / 1e12, 4)
+    return out
+
+
+def hardware(sizes: list[int]) -> dict[str, Any]:
+    """The worker task: the machine's peak and the UNet's TFLOP per guided step at `sizes`."""
+    return {**machine_peak(), "unet_tflop": unet_tflop(sizes)}
