@@ -58,6 +58,14 @@ def png_infotext(image: str | None) -> str:
     return read_png_info(image)[0]
 
 
+def pasted_infotext(text: str) -> dict[str, Any]:
+    """An infotext typed or pasted into the text box (e.g. copied from a model card) as request fields, like
+    png_info's; {} for an empty box."""
+    if not text or not text.strip():
+        return {}
+    return metadata.request_fields(metadata.parse_infotext(text.strip()))
+
+
 def send_parameters(fields: dict[str, Any] | None) -> list[Any]:
     """Request fields (from png_info) → values for Text to image's SENT_TO_TXT2IMG components, the Hires fix
     accordion (opened when the image used it) and the tab to select. Fields an infotext leaves out at their default
@@ -78,11 +86,17 @@ def build_pnginfo_tab() -> PngInfoTab:
                 "image",
             )
         with gr.Column():
-            raw = gr.Textbox(label="Parameters (infotext)", lines=6, interactive=False, elem_id="pnginfo-text")
+            raw = gr.Textbox(
+                label="Parameters (infotext): read from the image, or paste one (e.g. from a model card)",
+                lines=6,
+                interactive=True,
+                elem_id="pnginfo-text",
+            )
             parsed = gr.JSON(label="Parsed", elem_id="pnginfo-json")
             send = gr.Button("Send to Text to image", elem_id="pnginfo-send-txt2img")
     # Queued, so an unreadable file's gr.Error is shown; the raw text follows only a successful read (one error).
     image.change(png_info, image, parsed, api_name="png_info").success(
         png_infotext, image, raw, api_visibility="private"
     )
+    raw.change(pasted_infotext, raw, parsed, api_visibility="private")  # typed, pasted or read from an image
     return PngInfoTab(image, parsed, send)

@@ -327,6 +327,34 @@ def test_png_info_sends_the_issue_infotext_with_hires_schedule_type_clip_skip_an
     assert not page.page_errors
 
 
+def test_a_pasted_infotext_goes_to_text_to_image_and_makes_that_image(page, studio):
+    """A1111 users copy infotexts from model cards: pasted into PNG Info's text box, Send, Generate."""
+    text = (
+        "a lighthouse on a cliff at sunset, (dramatic sky:1.2)\nNegative prompt: blurry\n"
+        "Steps: 6, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1234, Size: 64x64, Clip skip: 2, "
+        "Hires upscale: 1.5, Hires steps: 2, Hires upscaler: Latent, Denoising strength: 0.55, Model: demo"
+    )
+    open_studio(page, studio.url)
+    open_tab(page, "PNG Info")
+    page.locator("#pnginfo-text textarea").fill(text)
+    page.wait_for_function("() => document.querySelector('#pnginfo-json').innerText.includes('1234')")
+    page.locator("#pnginfo-send-txt2img").click()
+    expect(page.get_by_role("tab", name="Text to image", exact=True)).to_have_attribute("aria-selected", "true")
+    txt = page.locator("#tab-txt2img")
+    prompt = "a lighthouse on a cliff at sunset, (dramatic sky:1.2)"
+    expect(page.locator("#txt2img-prompt textarea")).to_have_value(prompt)
+    expect(page.locator("#txt2img-scheduler input")).to_have_value("Karras")
+    assert field_value(txt, "Clip skip") == "2" and field_value(txt, "Steps") == "6"
+    generate(page, "txt2img", expect_images=1)
+    info = read_json(page, "txt2img-info")
+    saved = parameters_of(info["paths"][0])
+    for part in ("Seed: 1234", "Sampler: DPM++ 2M", "Schedule type: Karras", "CFG scale: 6.5", "Clip skip: 2",
+                 "Hires upscale: 1.5", "Hires steps: 2", "Denoising strength: 0.55", "Negative prompt: blurry"):
+        assert part in saved, (part, saved)
+    with Image.open(info["paths"][0]) as image:
+        assert image.size == (96, 96)  # 64x64 with hires x1.5
+
+
 def test_insert_a_lora_tag_and_see_the_lists(page, studio):
     """The LoRA list shows the files in models/Lora and inserts a tag; the VAE list offers models/VAE's files."""
     open_studio(page, studio.url)
