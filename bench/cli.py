@@ -190,6 +190,8 @@ def table(results: dict[str, Any]) -> str:
         ("openvino UNet peak fraction 256²", "openvino_vs_torch.unet_peak_fraction_256", ""),
         ("one live preview", "previews.preview_ms", " ms"),
         ("openvino end-to-end speedup", "openvino_vs_torch.end_to_end.speedup", ""),
+        ("openvino 512² fixed cost (in steps)", "openvino_vs_torch.e2e_512.fixed_steps", ""),
+        ("openvino 512² speedup at 20 steps (derived)", "openvino_vs_torch.e2e_512.speedup_20", ""),
         ("openvino f32 max pixel diff (demo)", "openvino_vs_torch.accuracy_demo.f32.max_pixel_diff", ""),
         ("openvino bf16 max pixel diff (demo)", "openvino_vs_torch.accuracy_demo.bf16.max_pixel_diff", ""),
         ("openvino bf16 pixel diff (sd15 e2e)", "openvino_vs_torch.end_to_end.pixel_diff.max", ""),

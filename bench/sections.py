@@ -223,6 +223,31 @@ def peak_fraction(speed: dict[str, Any], machine: dict[str, Any]) -> dict[str, A
     return out
 
 
+def end_to_end_costs(speed: dict[str, Any]) -> dict[str, Any]:
+    """`e2e_<px>`: the measured whole generation split into per-step and fixed costs (text encoding + VAE decode +
+    overhead = the generation minus its steps at the UNet step's median), and the 20-step speedup derived from
+    them. Empty without an end-to-end measurement at a size whose step was measured."""
+    e2e = speed.get("end_to_end")
+    if not e2e:
+        return {}
+    size, steps = str(e2e["size"]), e2e["steps"]
+    step = speed.get("per_size", {}).get(size)
+    if step is None:
+        return {}
+    ov_step, torch_step = step["openvino_step_s"]["median"], step["torch_step_s"]["median"]
+    ov_fixed, torch_fixed = e2e["openvino_s"] - steps * ov_step, e2e["torch_s"] - steps * torch_step
+    return {
+        f"e2e_{size}": {
+            "steps": steps,
+            "speedup": e2e["speedup"],
+            "fixed_s": round(ov_fixed, 2),
+            "fixed_steps": round(ov_fixed / ov_step, 2),
+            "torch_fixed_s": round(torch_fixed, 2),
+            "speedup_20": round((torch_fixed + 20 * torch_step) / (ov_fixed + 20 * ov_step), 3),
+        }
+    }
+
+
 def openvino(ctx: Context) -> dict[str, Any]:
     """`openvino_vs_torch.speedup` on the full-size SD 1.5 architecture, plus demo-model pixel differences."""
     try:
@@ -239,6 +264,7 @@ def openvino(ctx: Context) -> dict[str, Any]:
         e2e=list(p.openvino_e2e) if p.openvino_e2e else None,
     )
     speed.update(peak_fraction(speed, ctx.hardware()))
+    speed.update(end_to_end_costs(speed))
     if not p.openvino_accuracy:
         return speed
     accuracy = ctx.worker("openvino_accuracy", precisions=["f32", "bf16"], size=256, steps=10)

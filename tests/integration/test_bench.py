@@ -151,3 +151,16 @@ def test_unet_flops_are_counted_for_the_sd15_architecture():
     flops = unet_tflop([256, 512])
     assert 1.4 < flops["512"] < 1.8  # a guided SD 1.5 step at 512² is about 1.6 TFLOP
     assert 4 < flops["512"] / flops["256"] < 5  # 4x the pixels, plus attention's quadratic part
+
+
+def test_end_to_end_is_split_into_step_and_fixed_costs():
+    from bench.sections import end_to_end_costs
+
+    speed = {
+        "per_size": {"512": {"openvino_step_s": {"median": 5.0}, "torch_step_s": {"median": 10.0}}},
+        "end_to_end": {"size": 512, "steps": 4, "openvino_s": 26.0, "torch_s": 64.0, "speedup": 2.46},
+    }
+    e2e = end_to_end_costs(speed)["e2e_512"]
+    assert e2e["fixed_s"] == 6.0 and e2e["fixed_steps"] == 1.2 and e2e["torch_fixed_s"] == 24.0
+    assert e2e["speedup_20"] == pytest.approx((24 + 200) / (6 + 100), abs=1e-3)
+    assert end_to_end_costs({"per_size": {}}) == {}
