@@ -16,7 +16,6 @@ Clients and credentials come from studio.aws (boto3 imported there, on first use
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from collections.abc import Callable
@@ -24,11 +23,16 @@ from typing import Any
 
 from studio import aws
 from studio.config import Backend
-from studio.engine import CancelToken, EngineError, EngineNotReady, EngineStatus, GenerationCancelled, ProgressCallback
-from studio.engines.transports import Backoff, container_error, run_cancellable, sleep_or_cancel
+from studio.engine import CancelToken, EngineError, EngineNotReady, EngineStatus, ProgressCallback
+from studio.engines.transports import (
+    Backoff,
+    call_with_retries,
+    check_body_size,
+    container_error,
+    run_cancellable,
+    wait_to_retry,
+)
 from studio.types import RequestError
-
-logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 6 * 1024 * 1024  # synchronous invoke: 6 MB request and response payloads
 READ_TIMEOUT = 910.0  # Lambda's longest timeout is 900 s; wait a little longer for its answer
@@ -55,15 +59,7 @@ def make_lambda_client(session: Any = None, *, read_timeout: float = READ_TIMEOU
 
 
 def _check_size(payload: dict[str, Any], body: bytes) -> None:
-    if len(body) <= MAX_REQUEST_BYTES:
-        return
-    biggest = max(("input_image", "mask_image"), key=lambda k: len(payload.get(k) or ""))
-    raise RequestError(
-        biggest if payload.get(biggest) else "body",
-        f"<{len(body)} bytes>",
-        f"the request is {len(body) / 1e6:.1f} MB; AWS Lambda accepts at most {MAX_REQUEST_BYTES / 1e6:.1f} MB — "
-        "use a smaller input image",
-    )
+    check_body_size(payload, body, MAX_REQUEST_BYTES, "AWS Lambda accepts", "use a smaller input image")
 
 
 def handler_error(body: dict[str, Any], status: int, target: str) -> Exception:
@@ -136,31 +132,21 @@ class LambdaInvoke:
     ) -> dict[str, Any]:
         body = json.dumps(payload).encode()
         _check_size(payload, body)
-        delays = self.backoff.delays()
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = run_cancellable(
-                    lambda: self.client.invoke(
-                        FunctionName=self.function, InvocationType="RequestResponse", Payload=body
-                    ),
-                    cancel,
-                    self.function,
-                )
-                data = response["Payload"].read()
-                break
-            except (RequestError, GenerationCancelled):
-                raise
-            except Exception as exc:
-                if self._retryable(exc) and attempt < self.max_retries:
-                    delay = next(delays)
-                    logger.info(
-                        "%s: %s (attempt %d); retrying in %.1fs", self.function, aws.error_code(exc), attempt + 1, delay
-                    )
-                    sleep_or_cancel(delay, cancel, self.sleep)
-                    if cancel is not None and cancel.is_set():
-                        raise GenerationCancelled() from None
-                    continue
-                raise self._failure(exc, attempts=attempt + 1) from None
+
+        def call() -> tuple[dict[str, Any], bytes]:
+            response = self.client.invoke(FunctionName=self.function, InvocationType="RequestResponse", Payload=body)
+            return response, response["Payload"].read()
+
+        response, data = call_with_retries(
+            call,
+            target=self.function,
+            cancel=cancel,
+            retryable=self._retryable,
+            failure=self._failure,
+            max_retries=self.max_retries,
+            backoff=self.backoff,
+            sleep=self.sleep,
+        )
         return self._answer(response, data)
 
     @staticmethod
@@ -278,11 +264,7 @@ class LambdaFunctionUrl:
                 raise EngineError(f"cannot reach {self.target}: {type(exc).__name__}") from None
             if response.status_code != 429 or attempts > self.max_retries:
                 return self._answer(response, attempts)
-            delay = next(delays)
-            logger.info("%s is throttling (attempt %d); retrying in %.1fs", self.target, attempts, delay)
-            sleep_or_cancel(delay, cancel, self.sleep)
-            if cancel is not None and cancel.is_set():
-                raise GenerationCancelled() from None
+            wait_to_retry(delays, cancel, self.sleep, self.target, attempts, "HTTP 429")
             attempts += 1
 
     def _answer(self, response: Any, attempts: int) -> dict[str, Any]:

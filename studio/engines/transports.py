@@ -112,6 +112,58 @@ def run_cancellable(fn: Callable[[], Any], cancel: CancelToken | None, what: str
     return box["value"]
 
 
+def check_body_size(payload: dict[str, Any], body: bytes, limit: int, who_accepts: str, advice: str) -> None:
+    """Refuse a request body over `limit` bytes before sending it, naming the image field that makes it big."""
+    if len(body) <= limit:
+        return
+    biggest = max(("input_image", "mask_image"), key=lambda k: len(payload.get(k) or ""))
+    raise RequestError(
+        biggest if payload.get(biggest) else "body",
+        f"<{len(body)} bytes>",
+        f"the request is {len(body) / 1e6:.1f} MB; {who_accepts} at most {limit / 1e6:.1f} MB — {advice}",
+    )
+
+
+def wait_to_retry(
+    delays: Iterator[float], cancel: CancelToken | None, sleep: Callable[[float], None], target: str, attempt: int,
+    reason: str,
+) -> None:  # fmt: skip
+    """Wait the next backoff delay after failed attempt `attempt`; a Stop during the wait raises GenerationCancelled."""
+    delay = next(delays)
+    logger.info("%s is throttling (%s, attempt %d); retrying in %.1fs", target, reason, attempt, delay)
+    sleep_or_cancel(delay, cancel, sleep)
+    if cancel is not None and cancel.is_set():
+        raise GenerationCancelled()
+
+
+def call_with_retries(
+    call: Callable[[], Any],
+    *,
+    target: str,
+    cancel: CancelToken | None,
+    retryable: Callable[[BaseException], bool],
+    failure: Callable[[BaseException, int], Exception],
+    max_retries: int,
+    backoff: Backoff,
+    sleep: Callable[[float], None],
+) -> Any:
+    """`call()` (cancellable) until it succeeds. An error `retryable` accepts is retried after the next backoff delay,
+    at most `max_retries` times; any other error, or the last one, is raised as `failure(exc, attempts)`.
+    RequestError and GenerationCancelled pass through unchanged."""
+    delays = backoff.delays()
+    attempts = 1
+    while True:
+        try:
+            return run_cancellable(call, cancel, target)
+        except (RequestError, GenerationCancelled):
+            raise
+        except Exception as exc:
+            if not retryable(exc) or attempts > max_retries:
+                raise failure(exc, attempts) from None
+            wait_to_retry(delays, cancel, sleep, target, attempts, aws.error_code(exc) or type(exc).__name__)
+            attempts += 1
+
+
 # ---- plain HTTP -----------------------------------------------------------------------------------------------
 class HttpTransport:
     """POST to a serving app's /invocations with requests."""
@@ -258,38 +310,22 @@ class SageMakerRealtime:
         self, payload: dict[str, Any], *, total: int, on_progress: ProgressCallback | None, cancel: CancelToken | None
     ) -> dict[str, Any]:
         body = json.dumps(payload).encode()
-        if len(body) > REALTIME_MAX_BODY:
-            biggest = max(("input_image", "mask_image"), key=lambda k: len(payload.get(k) or ""))
-            field_name = biggest if payload.get(biggest) else "body"
-            raise RequestError(
-                field_name,
-                f"<{len(body)} bytes>",
-                f"the request is {len(body) / 1e6:.1f} MB; SageMaker real-time endpoints accept at most "
-                f"{REALTIME_MAX_BODY / 1e6:.1f} MB — use a smaller input image or an async endpoint",
-            )
-        delays = self.backoff.delays()
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = run_cancellable(
-                    lambda: self.runtime.invoke_endpoint(
-                        EndpointName=self.endpoint, Body=body, ContentType="application/json", Accept="application/json"
-                    ),
-                    cancel,
-                    self.endpoint,
-                )
-                data = response["Body"].read()
-                break
-            except (RequestError, GenerationCancelled):
-                raise
-            except Exception as exc:
-                if aws.is_throttling(exc) and attempt < self.max_retries:
-                    delay = next(delays)
-                    logger.info("%s is throttling (attempt %d); retrying in %.1fs", self.endpoint, attempt + 1, delay)
-                    sleep_or_cancel(delay, cancel, self.sleep)
-                    if cancel is not None and cancel.is_set():
-                        raise GenerationCancelled() from None
-                    continue
-                raise self._failure(exc, attempts=attempt + 1) from None
+        check_body_size(
+            payload, body, REALTIME_MAX_BODY, "SageMaker real-time endpoints accept",
+            "use a smaller input image or an async endpoint",
+        )  # fmt: skip
+        data = call_with_retries(
+            lambda: self.runtime.invoke_endpoint(
+                EndpointName=self.endpoint, Body=body, ContentType="application/json", Accept="application/json"
+            )["Body"].read(),
+            target=self.endpoint,
+            cancel=cancel,
+            retryable=aws.is_throttling,
+            failure=self._failure,
+            max_retries=self.max_retries,
+            backoff=self.backoff,
+            sleep=self.sleep,
+        )
         try:
             return json.loads(data)
         except ValueError:
