@@ -58,16 +58,12 @@ class _Found:
 
 
 @dataclass
-class _Deletion:
-    """One delete() run: its clients, its report and how it reports progress."""
+class Deletion:
+    """One delete run (an endpoint's, a Lambda function's): its report and how it reports progress; subclasses
+    add their clients."""
 
     name: str
-    sm: Any
-    autoscaling: Any
-    cloudwatch: Any
-    s3: Any
     progress: ProgressCallback | None
-    poll_seconds: float
     report: DeleteReport
 
     def say(self, message: str) -> None:
@@ -89,6 +85,17 @@ class _Deletion:
             return
         self.report.deleted.append(description)
         self.say(f"deleted {description}")
+
+
+@dataclass
+class _Deletion(Deletion):
+    """One delete() run: its clients, its report and how it reports progress."""
+
+    sm: Any
+    autoscaling: Any
+    cloudwatch: Any
+    s3: Any
+    poll_seconds: float
 
 
 def delete(

@@ -7,7 +7,6 @@ log group without them is kept. Deleting is idempotent: what is already gone is 
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,11 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from studio import aws
-from studio.deploy.delete import DeleteReport
+from studio.deploy.delete import DeleteReport, Deletion
 from studio.deploy.plan import DeployError, EndpointNotFound, PlanError, ProgressCallback, resolve_region
 from studio.deploy.resources import TAG_ENDPOINT, TAG_KEY, TAG_MODE
-
-log = logging.getLogger(__name__)
 
 MODE = "lambda"  # the sd-studio:mode tag of everything the Lambda target creates
 TAG_ROLE = "sd-studio:role"  # on the function: the execution role its deploy created for it
@@ -151,33 +148,12 @@ def function_status(name: str, region: str | None = None, *, session: Any = None
 
 
 @dataclass
-class _Deletion:
-    name: str
+class _Deletion(Deletion):
+    """One delete_function() run: its clients, its report and how it reports progress."""
+
     client: Any
     iam: Any
     logs: Any
-    report: DeleteReport
-    progress: ProgressCallback | None
-
-    def say(self, message: str) -> None:
-        log.info("delete %s: %s", self.name, message)
-        if self.progress is not None:
-            self.progress("delete", message)
-
-    def attempt(self, description: str, action: Callable[[], Any]) -> None:
-        """Run one deletion; "not found" means already gone, other AWS errors are recorded."""
-        from botocore.exceptions import ClientError
-
-        try:
-            action()
-        except ClientError as exc:
-            if aws.is_not_found(exc):
-                return
-            self.report.errors.append(f"{description}: {aws.error_code(exc)}: {aws.error_message(exc)}")
-            self.say(f"could not delete {description}: {aws.error_message(exc)}")
-            return
-        self.report.deleted.append(description)
-        self.say(f"deleted {description}")
 
 
 def delete_function(
