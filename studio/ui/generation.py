@@ -126,8 +126,12 @@ def run_generation(
 
 def enlarged(image: Any) -> Any:
     """A live preview (latent resolution) enlarged for display, with sharp latent pixels."""
+    from PIL import Image
+
     factor = max(1, PREVIEW_DISPLAY_SIDE // max(image.width, image.height))
-    return image.resize((image.width * factor, image.height * factor), resample=0) if factor > 1 else image
+    if factor == 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), resample=Image.Resampling.NEAREST)
 
 
 def finished(outcome: dict[str, Any]) -> tuple[Gallery, dict[str, Any]]:
