@@ -153,6 +153,7 @@ class EngineSettings:
     function: str | None = None  # Backend.LAMBDA: function name, ARN or function URL
     limits: Limits = field(default_factory=Limits)
     live_preview_every: int = DEFAULT_LIVE_PREVIEW_EVERY  # live previews every N sampling steps; 0 turns them off
+    compile_unet: bool = False  # torch engine: torch.compile the UNet (studio.engines.tuning); slow first image
 
     def __post_init__(self) -> None:
         for name, kind in (("backend", Backend), ("device", Device), ("kind", EngineKind), ("precision", Precision)):
@@ -323,6 +324,7 @@ _ENGINE_OPTIONS = (
     _Option("openvino_cache", None, "STUDIO_OPENVINO_CACHE", _path),
     _Option("live_preview_every", "--live-preview-every", "STUDIO_LIVE_PREVIEW_EVERY", parse_int,
             f"live previews every N sampling steps ({DEFAULT_LIVE_PREVIEW_EVERY}); 0 turns them off"),
+    _Option("compile_unet", "--compile", "STUDIO_COMPILE", parse_bool, "torch.compile the UNet (slow 1st image)", True),
 )
 _STUDIO_BACKEND_OPTIONS = (
     _Option("backend", "--backend", "STUDIO_BACKEND", _enum(Backend), "local (default), http or sagemaker"),
@@ -486,7 +488,7 @@ def load_ray_settings(argv: list[str] | None = None, environ: Mapping[str, str] 
 # Builder arguments (`serve run studio.serving.ray:build_app min_replicas=2`, a Serve config's `args:`) are the
 # flags' names without dashes; Serve's own address comes from `serve run` / the config's http_options instead.
 _BUILDER_OPTIONS = tuple(
-    dataclasses.replace(option, flag=option.flag[2:].replace("-", "_"))
+    dataclasses.replace(option, flag=option.flag[2:].replace("-", "_"), is_switch=False)  # values come as text
     for option in _ENGINE_OPTIONS + _RAY_OPTIONS
     if option.flag and option.name not in ("host", "port")
 )

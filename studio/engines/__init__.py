@@ -8,7 +8,7 @@ toolkit handlers and the bench. The engine modules are imported here lazily, onl
 
 from __future__ import annotations
 
-from studio.config import Backend, EngineKind, EngineSettings
+from studio.config import Backend, ConfigError, EngineKind, EngineSettings
 from studio.engine import Engine, ModelLoadError
 
 
@@ -32,6 +32,8 @@ def build(settings: EngineSettings) -> Engine:
 
     accelerator = None
     if settings.kind is EngineKind.OPENVINO:
+        if settings.compile_unet:
+            raise ConfigError("--compile: the OpenVINO engine replaces the torch UNet (use --engine torch)")
         try:
             from studio.engines.openvino import OpenVINOAccelerator
         except ImportError as exc:
@@ -46,6 +48,7 @@ def build(settings: EngineSettings) -> Engine:
         inpaint_model=settings.inpaint_model,
         limits=settings.limits,
         accelerator=accelerator,
+        compile_unet=settings.compile_unet,
     )
 
 

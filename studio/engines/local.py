@@ -15,6 +15,7 @@ request flow above stays the same for every accelerator.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -37,6 +38,7 @@ from studio.engine import (
     ProgressCallback,
 )
 from studio.engines.generation import Generation, Model
+from studio.engines.tuning import Tuning, apply_tuning, default_tuning
 from studio.models import ModelSource
 from studio.samplers import sampler_names
 from studio.types import DEFAULT_LIMITS, GenerationRequest, GenerationResult, Limits, Task
@@ -92,6 +94,7 @@ class _Loaded:
     dtype: torch.dtype
     inpaint_source: ModelSource | None
     model_hash: str | None = None
+    tuning: Tuning | None = None  # the speed settings applied (None: an accelerator runs the networks)
 
 
 def pick_device(requested: Device) -> tuple[str, torch.dtype]:
@@ -119,8 +122,17 @@ class LocalEngine:
         inpaint_model: str | None = None,
         limits: Limits = DEFAULT_LIMITS,
         accelerator: Accelerator | None = None,
+        tuning: Tuning | None = None,
+        compile_unet: bool = False,
     ):
+        """`tuning`: the speed settings (studio.engines.tuning); None means the defaults for the device the model
+        loads on, plus torch.compile of the UNet when `compile_unet` (`--compile`)."""
         device = parse_enum(Device, "device", device)
+        if accelerator is not None and (compile_unet or (tuning is not None and tuning.enabled())):
+            raise ModelLoadError(
+                f"tuning: the {accelerator.name} engine replaces the torch networks, so torch speed settings "
+                f"({'compile_unet' if compile_unet else tuning.describe()}) do not apply (use the torch engine)"
+            )
         if accelerator is not None and device not in (Device.AUTO, accelerator.device):
             raise ModelLoadError(
                 f"device: the {accelerator.name} engine runs on the {accelerator.device.value.upper()}; got "
@@ -132,6 +144,7 @@ class LocalEngine:
         self.inpaint_model_spec = inpaint_model
         self.limits = limits
         self.accelerator = accelerator
+        self.tuning, self.compile_unet = tuning, compile_unet
         self.generation = Generation(self.models_dir, upscaler_device="cpu")
         self._run_lock = threading.Lock()  # one generation at a time
         self._state_lock = threading.Lock()  # guards _loaded / _loading / _error
@@ -206,9 +219,27 @@ class LocalEngine:
                     f"{inpaint_base.unet.config.in_channels} channels, an inpainting UNet takes 9)"
                 )
             pipes[Task.INPAINT] = AutoPipelineForInpainting.from_pipe(inpaint_base, dtype=dtype)
+        applied = None
         if self.accelerator is not None:
             self.accelerator.apply(pipes)
-        return _Loaded(source=source, pipes=pipes, device=device, dtype=dtype, inpaint_source=inpaint_source)
+        else:
+            applied = self._tune(pipes, device)
+        return _Loaded(
+            source=source, pipes=pipes, device=device, dtype=dtype, inpaint_source=inpaint_source, tuning=applied
+        )
+
+    def _tune(self, pipes: Mapping[Task, DiffusionPipeline], device: str) -> Tuning:
+        """The speed settings on each distinct set of networks (the task pipelines share them); what was applied."""
+        tuning = self.tuning if self.tuning is not None else default_tuning(device)
+        if self.compile_unet:
+            tuning = dataclasses.replace(tuning, compile_unet=True)
+        applied: set[str] = set()
+        tuned: set[int] = set()
+        for pipe in pipes.values():
+            if id(pipe.unet) not in tuned:
+                tuned.add(id(pipe.unet))
+                applied.update(apply_tuning(pipe, tuning, device).enabled())
+        return Tuning.of(applied)
 
     def status(self) -> EngineStatus:
         with self._state_lock:
@@ -230,6 +261,8 @@ class LocalEngine:
             details["inpaint"] = "this is an inpainting model: only the Inpaint tab works"
         else:
             details["inpaint"] = "base model (no dedicated inpainting checkpoint)"
+        if loaded.tuning is not None:
+            details["tuning"] = loaded.tuning.describe()
         details.update(accelerated.details)
         return EngineStatus(
             backend=self.backend,
