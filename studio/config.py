@@ -129,6 +129,8 @@ def _parse_s3_uri(name: str, text: str) -> str:
 # Live previews every N sampling steps by default: on a CPU a step takes seconds, and a preview costs far less
 # than one (bench field preview_overhead_pct).
 DEFAULT_LIVE_PREVIEW_EVERY = 2
+# OpenVINO: static-shape UNet variants kept per engine (studio.engines.openvino_static); 0 runs the dynamic IR only.
+DEFAULT_OPENVINO_STATIC_SHAPES = 1
 
 
 # ---- the settings objects ---------------------------------------------------------------------------------------
@@ -148,6 +150,7 @@ class EngineSettings:
     kind: EngineKind = EngineKind.TORCH
     precision: Precision = Precision.BF16  # OpenVINO only
     openvino_cache: Path | None = None  # None: cache_dir()/openvino
+    openvino_static_shapes: int = DEFAULT_OPENVINO_STATIC_SHAPES  # static-shape UNet variants kept; 0 = dynamic only
     url: str | None = None  # Backend.HTTP
     endpoint: str | None = None  # Backend.SAGEMAKER
     function: str | None = None  # Backend.LAMBDA: function name, ARN or function URL
@@ -167,6 +170,8 @@ class EngineSettings:
             raise ConfigError("--backend sagemaker needs --endpoint NAME")
         if self.backend is Backend.LAMBDA and not self.function:
             raise ConfigError("--backend lambda needs --function NAME (a function name, ARN or function URL)")
+        if self.openvino_static_shapes < 0:
+            raise ConfigError(f"--openvino-static-shapes: must be 0 (off) or more, got {self.openvino_static_shapes}")
         if self.live_preview_every < 0:
             raise ConfigError(f"--live-preview-every: must be 0 (off) or more steps, got {self.live_preview_every}")
         if self.kind is EngineKind.OPENVINO and self.device is Device.CUDA:
@@ -322,6 +327,8 @@ _ENGINE_OPTIONS = (
     _Option("kind", "--engine", "STUDIO_ENGINE", _enum(EngineKind), "torch (default) or openvino (CPU fast path)"),
     _Option("precision", "--openvino-precision", "STUDIO_OPENVINO_PRECISION", _enum(Precision), "bf16 or f32"),
     _Option("openvino_cache", None, "STUDIO_OPENVINO_CACHE", _path),
+    _Option("openvino_static_shapes", "--openvino-static-shapes", "STUDIO_OPENVINO_STATIC_SHAPES", parse_int,
+            f"static-shape UNet variants kept ({DEFAULT_OPENVINO_STATIC_SHAPES}); 0: dynamic IR only"),
     _Option("live_preview_every", "--live-preview-every", "STUDIO_LIVE_PREVIEW_EVERY", parse_int,
             f"live previews every N sampling steps ({DEFAULT_LIVE_PREVIEW_EVERY}); 0 turns them off"),
     _Option("compile_unet", "--compile", "STUDIO_COMPILE", parse_bool, "torch.compile the UNet (slow 1st image)", True),

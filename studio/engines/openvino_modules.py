@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,9 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from transformers import CLIPTextModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from studio.config import DEFAULT_OPENVINO_STATIC_SHAPES
 from studio.engine import EngineError
+from studio.engines.openvino_static import STATIC_NETWORKS, StaticSource, StaticVariants
 
 _MARK = "_studio_openvino"  # attribute set on modules whose calls were redirected to OpenVINO
 
@@ -34,23 +37,57 @@ class CompiledNetwork:
     time anyway). Outputs are copied out of OpenVINO's buffers, which the next inference overwrites.
     """
 
-    def __init__(self, name: str, compiled: ov.CompiledModel):
+    def __init__(
+        self,
+        name: str,
+        compiled: ov.CompiledModel,
+        *,
+        source: StaticSource | None = None,
+        static_shapes: int | None = None,
+    ):
+        """`source` (the ov.Model `compiled` was compiled from, with its core and config) lets the network compile
+        static-shape variants of itself per input shape (studio.engines.openvino_static); `static_shapes` is how
+        many to keep (None: DEFAULT_OPENVINO_STATIC_SHAPES for the networks in STATIC_NETWORKS, else 0)."""
         self.name = name
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.lock = threading.Lock()
         self.calls = 0
+        self.static_calls = 0  # calls served by a static variant
         self.seconds = 0.0
+        self.source = source
+        self.static: StaticVariants | None = None
+        if static_shapes is None:
+            static_shapes = DEFAULT_OPENVINO_STATIC_SHAPES if name in STATIC_NETWORKS else 0
+        self.set_static_shapes(static_shapes)
+
+    def set_static_shapes(self, keep: int) -> None:
+        """Keep at most `keep` static-shape variants (0: dynamic only). Needs a `source` to be more than 0."""
+        if keep < 0:
+            raise ValueError(f"static variants to keep: must be 0 (off) or more, got {keep}")
+        if self.static is not None:
+            self.static.set_keep(keep)
+        elif keep > 0 and self.source is not None:
+            self.static = StaticVariants.from_source(self.name, self.source, keep)
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
         started = time.perf_counter()
+        inputs = [np.require(a, requirements="C") for a in arrays]  # keeps 0-d arrays 0-d
+        shapes = tuple(tuple(int(d) for d in a.shape) for a in inputs)
+        static = self.static
         with self.lock:
-            self.request.infer([np.require(a, requirements="C") for a in arrays])  # keeps 0-d arrays 0-d
-            outputs = [
-                np.array(self.request.get_output_tensor(i).data, copy=True) for i in range(len(self.compiled.outputs))
-            ]
+            variant = static.get(shapes) if static is not None else None
+            request = self.request if variant is None else variant.request
+            request.infer(inputs)
+            count = len(self.compiled.outputs)
+            outputs = [np.array(request.get_output_tensor(i).data, copy=True) for i in range(count)]
             self.calls += 1
+            if variant is not None:
+                variant.calls += 1
+                self.static_calls += 1
             self.seconds += time.perf_counter() - started
+        if static is not None and variant is None:
+            static.want(shapes)  # compiles in the background, outside the lock; this shape's next calls use it
         return outputs
 
     @property
@@ -200,3 +237,20 @@ def is_openvino_module(module: torch.nn.Module) -> bool:
 def networks(module: torch.nn.Module) -> dict[str, CompiledNetwork]:
     """The compiled networks behind an OpenVINO-redirected module ({} for a plain torch module)."""
     return dict(getattr(module, _MARK, {}))
+
+
+def set_static_shapes(pipes: Iterable[Any], keep: int, names: Iterable[str] = STATIC_NETWORKS) -> int:
+    """Keep at most `keep` static-shape variants in the networks called `names` of `pipes`' modules (0: off).
+
+    Returns how many networks could take them (those compiled with a StaticSource)."""
+    wanted = set(names)
+    found = {
+        id(network): network
+        for pipe in pipes
+        for attr in ("unet", "vae", "text_encoder")
+        for name, network in networks(getattr(pipe, attr, None)).items()
+        if name in wanted and network.source is not None
+    }
+    for network in found.values():
+        network.set_static_shapes(keep)
+    return len(found)

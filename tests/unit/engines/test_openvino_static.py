@@ -1,0 +1,185 @@
+"""Static-shape variants of the OpenVINO UNet (studio.engines.openvino_static) on the demo model's IR: a variant is
+compiled in the background for the shape just seen, used only for exactly that shape, gives the dynamic model's
+result, is bounded (LRU), and a failed compile leaves the dynamic model serving."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino")
+
+from studio import engines  # noqa: E402
+from studio.config import ConfigError, EngineSettings, load_settings  # noqa: E402
+from studio.engines.openvino_modules import CompiledNetwork, install_unet, networks, set_static_shapes  # noqa: E402
+from studio.engines.openvino_static import StaticSource, StaticVariants  # noqa: E402
+from studio.types import GenerationRequest, Task  # noqa: E402
+
+CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+# Same IR, same f32 kernels family; static and dynamic graphs may pick other kernels: float rounding only.
+F32_TOLERANCE = 1e-3
+WAIT_S = 120  # a bound for a background compile of the demo UNet (seconds, not a timing assertion)
+
+
+@pytest.fixture(scope="module")
+def ov_engine(tmp_path_factory):
+    engine = engines.build(
+        EngineSettings(model="demo", kind="openvino", precision="f32", openvino_cache=tmp_path_factory.mktemp("ir"))
+    )
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def unet_xml(ov_engine) -> Path:
+    (component,) = [c for c in ov_engine.accelerator.report.components if c.name == "unet"]
+    return Path(component.ir_dir) / "model.xml"
+
+
+def network(xml: Path, keep: int) -> CompiledNetwork:
+    """A UNet network compiled the way openvino.py compiles it, able to compile static variants of itself."""
+    core = ov.Core()
+    model = core.read_model(str(xml))
+    source = StaticSource(model, core, "CPU", CONFIG)
+    return CompiledNetwork("unet", core.compile_model(model, "CPU", CONFIG), source=source, static_shapes=keep)
+
+
+def unet_inputs(ov_engine, batch: int, height: int, width: int, seed: int) -> tuple[np.ndarray, ...]:
+    unet = ov_engine.pipelines[Task.TXT2IMG].unet
+    rng = np.random.default_rng(seed)
+    sample = rng.standard_normal((batch, unet.config.in_channels, height, width), dtype=np.float32)
+    hidden = rng.standard_normal((batch, 77, unet.config.cross_attention_dim), dtype=np.float32)
+    return sample, np.asarray(500.0, dtype=np.float32), hidden
+
+
+def test_alternating_sizes_each_get_their_own_size_and_the_dynamic_result(ov_engine, unet_xml):
+    dynamic = network(unet_xml, keep=0)
+    static = network(unet_xml, keep=2)
+    a = unet_inputs(ov_engine, 2, 17, 25, seed=1)
+    b = unet_inputs(ov_engine, 1, 24, 16, seed=2)
+    expected = {id(a): dynamic(*a)[0], id(b): dynamic(*b)[0]}
+    assert dynamic.static is None
+    for inputs in (a, b):  # first sight of each shape: dynamic, and a compile is queued
+        static(*inputs)
+    assert static.static_calls == 0
+    assert static.static.wait(WAIT_S)
+    assert sorted(static.static.shapes) == sorted(tuple(x.shape for x in i) for i in (a, b))
+    for inputs in (a, b, a, b):
+        (out,) = static(*inputs)
+        reference = expected[id(inputs)]
+        assert out.shape == reference.shape == inputs[0].shape
+        assert np.abs(out - reference).max() <= F32_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+    assert static.static_calls == 4  # all four came from the static variants
+    assert static.static.status()["compiled"] == 2
+
+
+def test_variants_are_bounded_least_recently_used_first_and_others_run_dynamic(ov_engine, unet_xml):
+    net = network(unet_xml, keep=1)
+    a = unet_inputs(ov_engine, 2, 8, 8, seed=3)
+    b = unet_inputs(ov_engine, 2, 8, 16, seed=4)
+    net(*a)
+    assert net.static.wait(WAIT_S)
+    (from_a,) = net(*a)
+    assert net.static_calls == 1
+    net(*b)
+    assert net.static.wait(WAIT_S)
+    assert net.static.shapes == [tuple(x.shape for x in b)]  # a's variant was evicted
+    (again_a,) = net(*a)  # dynamic again, same values
+    assert net.static_calls == 1 and net.static.status()["evicted"] == 1
+    assert again_a.shape == from_a.shape
+    assert np.abs(again_a - from_a).max() <= F32_TOLERANCE * max(1.0, float(np.abs(from_a).max()))
+    net.set_static_shapes(0)
+    assert net.static.shapes == []
+
+
+def test_off_means_no_static_variant_and_no_thread(ov_engine, unet_xml):
+    net = network(unet_xml, keep=0)
+    before = threading.active_count()
+    inputs = unet_inputs(ov_engine, 1, 8, 8, seed=5)
+    net(*inputs)
+    net(*inputs)
+    assert net.static is None and net.static_calls == 0 and threading.active_count() == before
+    with pytest.raises(ValueError, match="0 \\(off\\) or more"):
+        net.set_static_shapes(-1)
+
+
+def test_a_failed_compile_leaves_the_dynamic_model_serving_and_is_not_retried():
+    attempts = []
+
+    def failing(shapes):
+        attempts.append(shapes)
+        raise RuntimeError("no memory for you")
+
+    variants = StaticVariants("unet", failing, keep=2)
+    shapes = ((1, 4, 8, 8), (), (1, 77, 32))
+    variants.want(shapes)
+    assert variants.wait(WAIT_S)
+    variants.want(shapes)
+    assert variants.wait(WAIT_S)
+    assert attempts == [shapes] and variants.get(shapes) is None
+    assert "no memory for you" in next(iter(variants.status()["failed"].values()))
+
+
+def test_concurrent_calls_of_two_sizes_while_compiling_get_their_own_results(ov_engine, unet_xml):
+    net = network(unet_xml, keep=2)
+    reference_net = network(unet_xml, keep=0)
+    cases = [unet_inputs(ov_engine, 2, 9, 11, seed=6), unet_inputs(ov_engine, 2, 11, 9, seed=7)]
+    expected = [reference_net(*inputs)[0] for inputs in cases]
+    errors: list[str] = []
+
+    def run(index: int) -> None:
+        for _ in range(3):
+            (out,) = net(*cases[index])
+            if out.shape != expected[index].shape or np.abs(out - expected[index]).max() > F32_TOLERANCE * max(
+                1.0, float(np.abs(expected[index]).max())
+            ):
+                errors.append(f"case {index}: wrong result")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1, 0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert net.static.wait(WAIT_S)
+    assert errors == [] and net.calls == 12
+
+
+def test_the_engine_renders_each_size_from_its_static_variant_like_the_dynamic_ir(ov_engine, unet_xml):
+    unet = ov_engine.pipelines[Task.TXT2IMG].unet
+    dynamic = networks(unet)["unet"]
+    small = GenerationRequest(prompt="a cat", width=128, height=96, steps=3, seed=5, sampler="Euler")
+    tall = small.replace(width=96, height=136)
+    expected = {r.width: np.asarray(ov_engine.generate(r).images[0], dtype=np.int16) for r in (small, tall)}
+    static = network(unet_xml, keep=2)
+    install_unet(unet, static)
+    try:
+        for request in (small, tall, small, tall):
+            image = ov_engine.generate(request).images[0]
+            assert image.size == (request.width, request.height)
+            assert np.abs(np.asarray(image, dtype=np.int16) - expected[request.width]).max() <= 1
+            static.static.wait(WAIT_S)
+        assert static.static_calls > 0 and len(static.static.shapes) == 2
+    finally:
+        install_unet(unet, dynamic)
+
+
+def test_set_static_shapes_reaches_the_unet_networks_with_a_source(ov_engine, unet_xml):
+    unet = ov_engine.pipelines[Task.TXT2IMG].unet
+    dynamic = networks(unet)["unet"]
+    static = network(unet_xml, keep=1)
+    install_unet(unet, static)
+    try:
+        assert set_static_shapes(ov_engine.pipelines.values(), 3) == 1  # shared by every task's pipeline
+        assert static.static.keep == 3
+    finally:
+        install_unet(unet, dynamic)
+
+
+def test_the_setting_has_a_flag_and_a_variable_and_refuses_negative_counts():
+    assert load_settings(["--openvino-static-shapes", "2"], environ={}).engine.openvino_static_shapes == 2
+    assert load_settings([], environ={"STUDIO_OPENVINO_STATIC_SHAPES": "0"}).engine.openvino_static_shapes == 0
+    with pytest.raises(ConfigError, match="--openvino-static-shapes"):
+        EngineSettings(openvino_static_shapes=-1).validate()
