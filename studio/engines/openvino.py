@@ -41,8 +41,16 @@ from diffusers import DiffusionPipeline
 from studio.config import Device, Precision, cache_dir, parse_enum
 from studio.engine import ModelLoadError
 from studio.engines.local import AcceleratorStatus
-from studio.engines.openvino_export import ExportManifest, manifest_for, read_manifest
-from studio.engines.openvino_ir import TraceSpec, ir_path, module_fingerprint, text_encoder_specs, unet_specs, vae_specs
+from studio.engines.openvino_export import COMPONENTS, ExportManifest, manifest_for, read_manifest
+from studio.engines.openvino_ir import (
+    TraceSpec,
+    ir_path,
+    module_fingerprint,
+    text_encoder_specs,
+    unet_specs,
+    vae_specs,
+    weight_format,
+)
 from studio.engines.openvino_modules import (
     CompiledNetwork,
     install_text_encoder,
@@ -52,6 +60,7 @@ from studio.engines.openvino_modules import (
     networks,
     release_weights,
 )
+from studio.engines.openvino_warm import find_entry, ir_dirs_of, warm_key, write_entry
 from studio.types import Task
 
 logger = logging.getLogger(__name__)
@@ -106,6 +115,7 @@ class OpenVINOReport:
     components: list[ComponentReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     precision_reason: str = ""  # why this precision: the CPU's bf16 flags (or their absence)
+    warm: bool = False  # built from the warm IR cache (studio.engines.openvino_warm): no torch weights were read
 
     @property
     def cache_hits(self) -> int:
@@ -116,7 +126,15 @@ class OpenVINOReport:
             return " (prepared)" if c.prepared else " (cached)" if c.cache_hit else ""
 
         parts = ", ".join(f"{c.name}{origin(c)}" for c in self.components)
-        return f"OpenVINO {self.version.split('-')[0]}, {self.precision}: {parts} in {self.seconds:.1f}s"
+        warm = " from the warm IR cache (no torch weights)" if self.warm else ""
+        return f"OpenVINO {self.version.split('-')[0]}, {self.precision}: {parts}{warm} in {self.seconds:.1f}s"
+
+    def merge(self, other: OpenVINOReport) -> OpenVINOReport:
+        """This report with `other`'s networks (e.g. a dedicated inpainting model converted after the base)."""
+        self.components += other.components
+        self.warnings += [w for w in other.warnings if w not in self.warnings]
+        self.seconds = round(self.seconds + other.seconds, 2)
+        return self
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -350,16 +368,67 @@ class OpenVINOAccelerator:
         self._prepared: OpenVINOReport | None = None  # set by load_pipeline, consumed by the next apply
 
     def load_pipeline(self, source: Any, device: str, dtype: torch.dtype) -> DiffusionPipeline | None:
-        """Pre-load hook: a prepared export (a diffusers folder with openvino/manifest.json) is built from its IR
-        alone, without reading its torch weights (`load_prepared_pipeline`); None for any other model, which then
-        loads as usual and goes through `apply`. `source` is a studio.models.ModelSource."""
+        """Pre-load hook: the text-to-image pipeline with its networks already on OpenVINO. `source` is a
+        studio.models.ModelSource.
+
+        - A prepared export (a diffusers folder with openvino/manifest.json) is built from its IR alone, without
+          reading its torch weights (`load_prepared_pipeline`); one whose weights were replaced since the export
+          returns None and loads as usual (`apply` converts it).
+        - Any other model found in the warm IR cache (studio.engines.openvino_warm) is built the same way from its
+          warm entry: no torch weights are read.
+        - Otherwise its torch weights are loaded, converted (or their IR read from the cache), released, and a
+          warm entry is written so that the next load is warm.
+        """
         location = Path(str(getattr(source, "location", "")))
         manifest = read_manifest(location)
-        if manifest is None:
+        if manifest is not None:
+            if _stale_components(manifest):  # weights replaced since the export: `apply` converts those again
+                return None
+            pipe, self._prepared = load_prepared_pipeline(location, self.precision)
+            return pipe
+        return self._load_warm(source) or self._load_and_convert(source, device, dtype)
+
+    def _cache_dir(self) -> Path:
+        return self.cache if self.cache is not None else default_cache_dir()
+
+    def _warm_key(self, source: Any) -> str | None:
+        return warm_key(source, weight_format(self.precision.value), ov.get_version())
+
+    def _load_warm(self, source: Any) -> DiffusionPipeline | None:
+        key = self._warm_key(source)
+        entry = find_entry(self._cache_dir(), key) if key is not None else None
+        if entry is None:
             return None
-        if _stale_components(manifest):  # weights replaced since the export: the regular load converts those again
+        try:
+            pipe, self._prepared = load_prepared_pipeline(entry.folder, self.precision, warm=True)
+        except ModelLoadError as exc:
+            logger.warning("%s: warm OpenVINO entry %s unusable (%s); converting again", source, entry.folder, exc)
             return None
-        pipe, self._prepared = load_prepared_pipeline(location, self.precision)
+        return pipe
+
+    def _load_and_convert(self, source: Any, device: str, dtype: torch.dtype) -> DiffusionPipeline:
+        from studio import models  # looked up on the module: the bench counts weight loads by patching it
+
+        pipe = models.load_pipeline(source, device=device, dtype=dtype)
+        report = apply_openvino([pipe], self.cache, self.precision)
+        key = self._warm_key(source)  # after the load: a hub model is in the local cache now
+        if key is not None:
+            try:
+                write_entry(
+                    self._cache_dir(),
+                    key,
+                    pipe,
+                    ir_dirs_of(report.components, COMPONENTS),
+                    source_name=str(source),
+                    weight_format=weight_format(self.precision.value),
+                    precision=self.precision.value,
+                    openvino_version=report.version,
+                )
+            except Exception as exc:  # the model is loaded; only the next load is slower. Said in Settings.
+                note = f"the warm IR cache entry was not written ({type(exc).__name__}: {exc}); the next load reads "
+                report.warnings.append(note + "the torch weights again")
+                logger.warning("%s: %s", source, report.warnings[-1])
+        self._prepared = report
         return pipe
 
     def model_hash(self, source: Any) -> str | None:
@@ -372,7 +441,8 @@ class OpenVINOAccelerator:
         if prepared is not None and not _modules_to_convert(pipelines.values()):
             self.report = prepared  # load_pipeline compiled every network already
             return
-        self.report = apply_openvino(pipelines.values(), self.cache, self.precision)
+        report = apply_openvino(pipelines.values(), self.cache, self.precision)
+        self.report = prepared.merge(report) if prepared is not None else report  # e.g. a separate inpaint model
 
     def status(self) -> AcceleratorStatus:
         report = self.report
@@ -424,13 +494,14 @@ def _stale_components(manifest: Any) -> list[str]:
 
 
 def load_prepared_pipeline(
-    folder: Path | str, precision: Precision | str = Precision.BF16, *, core: ov.Core | None = None
+    folder: Path | str, precision: Precision | str = Precision.BF16, *, core: ov.Core | None = None, warm: bool = False
 ) -> tuple[DiffusionPipeline, OpenVINOReport]:
     """A text-to-image pipeline running on the IR of a prepared export, built without its torch weights.
 
     The modules are made from the folder's configs on the meta device and given empty weights; their calls go to
     the networks compiled from openvino/ (precision decided for this CPU). What a cold start then reads is the IR
     only: no torch weights, no conversion, no fingerprint. Raises ModelLoadError naming what is missing.
+    `warm`: `folder` is a warm entry of the IR cache (studio.engines.openvino_warm), not a prepared export.
     """
     import diffusers
     from transformers import CLIPTokenizer
@@ -460,7 +531,7 @@ def load_prepared_pipeline(
         _install(
             attr,
             module,
-            {name: _compile_ir(name, xml, core, config, report, prepared=True) for name, xml in files.items()},
+            {name: _compile_ir(name, xml, core, config, report, prepared=not warm) for name, xml in files.items()},
         )
     pipe = diffusers.StableDiffusionPipeline(
         **modules,
@@ -474,5 +545,6 @@ def load_prepared_pipeline(
     pipe.set_progress_bar_config(disable=True)
     check_supported(pipe)
     report.seconds = round(time.perf_counter() - started, 2)
+    report.warm = warm
     logger.info("%s (from the prepared IR, no torch weights)", report.summary())
     return pipe, report

@@ -92,30 +92,35 @@ class ExportManifest:
     def _mismatch(self, component: PreparedComponent, verify_weights: bool) -> str | None:
         folder = self.folder / component.module
         config = folder / "config.json"
-        if not config.is_file() or _sha256(config) != component.config_sha256:
+        if not config.is_file() or sha256_file(config) != component.config_sha256:
             return f"{component.module}/config.json changed since the export"
         if verify_weights and weights_digest(folder) != component.weights_digest:
             return f"the {component.module} weights changed since the export"
         return None
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def sampled_digest(path: Path, digest: Any) -> None:
+    """Feed `digest` a cheap identity of the file `path`: its size and 18 slices of 64 KB (start, end and 16 in
+    between). Different weights of the same architecture differ in their sampled bytes."""
+    size = path.stat().st_size
+    digest.update(f"{path.name}|{size}".encode())
+    offsets = sorted({0, max(0, size - _SLICE), *(size * (i + 1) // (_SLICES + 1) for i in range(_SLICES))})
+    with open(path, "rb") as handle:
+        for offset in offsets:
+            handle.seek(offset)
+            digest.update(handle.read(_SLICE))
+
+
 def weights_digest(folder: Path) -> str:
-    """A cheap identity of the weight files in `folder`: names, sizes and 18 slices of 64 KB (start, end and 16 in
-    between) of each. Different weights of the same architecture differ in their sampled bytes."""
+    """A cheap identity of the weight files in `folder` (`sampled_digest` of each, by name)."""
     digest = hashlib.sha256()
     files = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES) if folder.is_dir() else []
     for path in files:
-        size = path.stat().st_size
-        digest.update(f"{path.name}|{size}".encode())
-        offsets = sorted({0, max(0, size - _SLICE), *(size * (i + 1) // (_SLICES + 1) for i in range(_SLICES))})
-        with open(path, "rb") as handle:
-            for offset in offsets:
-                handle.seek(offset)
-                digest.update(handle.read(_SLICE))
+        sampled_digest(path, digest)
     return digest.hexdigest()
 
 
@@ -146,7 +151,7 @@ def manifest_for(pipe: Any) -> ExportManifest | None:
     return read_manifest(folder) if folder.is_dir() else None
 
 
-def _link_or_copy_tree(source: Path, target: Path) -> None:
+def link_or_copy_tree(source: Path, target: Path) -> None:
     """Copy an IR folder, hard-linking the files when source and target share a file system (no 2 GB copy)."""
 
     def link(src: str, dst: str) -> None:
@@ -212,13 +217,13 @@ def export_openvino(
                 xml, hit, seconds = ir_path(spec, module, fingerprint, cache, precision.value, version)
                 logger.info("%s IR %s (%.0fs)", spec.name, "from the cache" if hit else "converted", seconds)
                 relative = Path("openvino") / xml.parent.name
-                _link_or_copy_tree(xml.parent, tmp / relative)
+                link_or_copy_tree(xml.parent, tmp / relative)
                 manifest.components.append(
                     PreparedComponent(
                         name=spec.name,
                         module=attr,
                         ir_dir=relative.as_posix(),
-                        config_sha256=_sha256(tmp / attr / "config.json"),
+                        config_sha256=sha256_file(tmp / attr / "config.json"),
                         weights_digest=weights_digest(tmp / attr),
                     )
                 )

@@ -197,12 +197,18 @@ def _complete(folder: Path) -> bool:
     return (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
 
 
+def weight_format(precision: str) -> str:
+    """The IR's weight format for an inference precision: fp32 for "f32", fp16-compressed otherwise (what bf16
+    inference reads; half the size)."""
+    return "fp32" if precision == "f32" else "fp16"
+
+
 def ir_path(
     spec: TraceSpec, module: torch.nn.Module, fingerprint: str, cache: Path, precision: str, version: str
 ) -> tuple[Path, bool, float]:
     """The IR for this network, converting and caching it if needed: (xml path, cache hit, convert seconds)."""
-    weight_format = "fp32" if precision == "f32" else "fp16"
-    key = ir_key(fingerprint, spec.name, spec.shape_key, weight_format, version)
+    weights = weight_format(precision)
+    key = ir_key(fingerprint, spec.name, spec.shape_key, weights, version)
     folder = cache / f"{spec.name}-{key}"
     xml = folder / "model.xml"
     if _complete(folder):
@@ -211,21 +217,19 @@ def ir_path(
         if _complete(folder):
             return xml, True, 0.0
         started = time.perf_counter()
-        logger.info(
-            "converting %s to OpenVINO IR (%s weights; one-off, cached in %s)", spec.name, weight_format, folder
-        )
+        logger.info("converting %s to OpenVINO IR (%s weights; one-off, cached in %s)", spec.name, weights, folder)
         meta = {
             "component": spec.name,
             "fingerprint": fingerprint,
             "shapes": spec.shapes,
-            "weights": weight_format,
+            "weights": weights,
             "openvino": version,
             "format": IR_FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         # Under the lock, an existing folder is an incomplete leftover of ours (complete ones returned above).
         with staged_dir(folder, replace=lambda leftover: not _complete(leftover)) as tmp:
-            _convert(spec, module, tmp / "model.xml", compress=weight_format == "fp16")
+            _convert(spec, module, tmp / "model.xml", compress=weights == "fp16")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         seconds = time.perf_counter() - started
         logger.info("converted %s in %.1fs", spec.name, seconds)
