@@ -13,8 +13,9 @@ match); an unknown name, or a file that fails to load, is a warning in the resul
 weight 0 is the same as no tag; the same name twice adds the weights (with a warning).
 
 VAE: `VaeCache.get(name, pipe)` gives the AutoencoderKL of a file in MODELS_DIR/VAE/ (built with the model's own
-VAE config, kept in a small LRU) or None for "Automatic" (the model's own). It is a torch module either way, so it
-also runs beside an OpenVINO-compiled UNet; LoRAs cannot change compiled networks and are refused there.
+VAE config, kept in a small LRU) or None for "Automatic" (the model's own); `VaeCache.taesd(pipe, encode)` the
+tiny "Approx (TAESD)" VAE (studio.models.taesd). It is a torch module either way, so it also runs beside an
+OpenVINO-compiled UNet; LoRAs cannot change compiled networks and are refused there.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -39,6 +40,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from studio.engine import ModelLoadError
+from studio.models import taesd as tiny
 from studio.models.lora import LoraFile, discover_loras, find_lora, lora_dir, lora_hash, read_pickled_lora
 from studio.models.vae import VaeFile, discover_vaes, find_vae, load_vae, vae_dir
 from studio.types import AUTOMATIC, RequestError
@@ -338,7 +340,7 @@ class VaeCache:
             raise ValueError(f"max_loaded must be at least 1, got {max_loaded}")
         self.models_dir = Path(models_dir)
         self.max_loaded = max_loaded
-        self._cache: OrderedDict[tuple[str, ...], AutoencoderKL] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, ...], torch.nn.Module] = OrderedDict()
         self._lock = threading.Lock()
 
     def available(self) -> list[VaeFile]:
@@ -355,7 +357,7 @@ class VaeCache:
         files = self.available()
         found = find_vae(name, files)
         if found is None:
-            names = [AUTOMATIC] + [vae.name for vae in files]
+            names = [AUTOMATIC, tiny.TAESD] + [vae.name for vae in files]
             raise RequestError(
                 "vae", name, f"no VAE file of that name in {vae_dir(self.models_dir)}; available: {_listing(names)}"
             )
@@ -370,13 +372,38 @@ class VaeCache:
         like = pipe.vae
         config = json.dumps(dict(like.config), sort_keys=True, default=str)
         key = (str(found.path.resolve()), *map(str, _stamp(found.path)), config, str(like.dtype), str(like.device))
+        return self._cached(key, name, lambda: load_vae(found.path, like))
+
+    def taesd(self, pipe: DiffusionPipeline, *, encode: bool) -> torch.nn.Module:
+        """The "Approx (TAESD)" VAE for `pipe`'s model family (an AutoencoderTiny in its VAE's dtype and device).
+        `encode`: the request encodes images (img2img, inpaint, hires fix), so the encoder's weights are needed.
+        Raises RequestError("vae", ...) saying where to put missing weights."""
+        family = tiny.family_of(pipe)
+        weights = tiny.find_taesd(self.models_dir, family)
+        if weights is None:
+            raise RequestError("vae", tiny.TAESD, tiny.missing_message(self.models_dir, family))
+        like = pipe.vae
+        key = ("taesd", family, *weights.stamp(), str(like.dtype), str(like.device))
+        vae = self._cached(key, tiny.TAESD, lambda: tiny.load_taesd(weights, dtype=like.dtype, device=like.device))
+        if encode and not tiny.has_encoder(vae):
+            stem = tiny.FAMILIES[family][0]
+            raise RequestError(
+                "vae",
+                tiny.TAESD,
+                f"encoding images (img2img, inpaint, hires fix) needs the TAESD encoder too: put {stem}_encoder.pth "
+                f"(or .safetensors) beside {weights.decoder.name if weights.decoder else stem} in {weights.location}",
+            )
+        return vae
+
+    def _cached(self, key: tuple[str, ...], name: str, load: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        """The module cached under `key`, loading it with `load` (a ModelLoadError becomes RequestError("vae"))."""
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
             try:
-                vae = load_vae(found.path, like)
+                vae = load()
             except ModelLoadError as err:
                 raise RequestError("vae", name, str(err)) from err
             self._cache[key] = vae

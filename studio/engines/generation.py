@@ -32,6 +32,7 @@ from studio import metadata, prompts
 from studio.engine import CancelToken, EngineError, GenerationCancelled, LivePreview, ProgressCallback
 from studio.engines import conditioning, hires, inpaint, previews
 from studio.engines.adapters import LoraSet, VaeCache
+from studio.models.taesd import TAESD
 from studio.models.vae import vae_hash
 from studio.samplers import make_scheduler
 from studio.types import GenerationRequest, GenerationResult, RequestError, Task
@@ -112,6 +113,10 @@ class Generation:
             prepared.hires = hires.plan_hires(request, self.models_dir, max_schedule_steps=schedule_limit)
             prepared.upscale_model = hires.load_upscale_model(prepared.hires.upscaler, self.upscaler_loader)
             prepared.steps_per_image = prepared.hires.total_steps
+        if request.vae == TAESD:
+            encodes = request.task is not Task.TXT2IMG or request.hires
+            prepared.vae, prepared.vae_name = self.vaes.taesd(pipe, encode=encodes), TAESD
+            return prepared
         vae_file = self.vaes.file(request.vae)
         if vae_file is not None:
             prepared.vae = self.vaes.get(request.vae, pipe)

@@ -26,6 +26,7 @@ DEMO_LORA_RANK = 4
 DEMO_LORA_ALPHA = 2.0  # != rank on purpose: the alpha / rank scaling must be applied to match A1111
 _UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 _TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+_DEMO_MARK = "STUDIO_DEMO_TAESD"
 
 
 def _linear_shapes(module: Any, targets: tuple[str, ...]) -> dict[str, tuple[int, int]]:
@@ -129,4 +130,46 @@ def build_demo_vae(target: Path) -> Path:
         else:
             torch.save({"state_dict": state}, str(tmp))
     logger.info("wrote the demo VAE to %s", target)
+    return target
+
+
+def build_demo_taesd(models_dir: Path, *, layout: str = "folder", encoder: bool = True, seed: int = 0) -> Path:
+    """Write a TAESD with deterministic random weights (the published architecture, so its speed is real) where
+    the studio looks for one: ``MODELS_DIR/VAE-approx/taesd/`` as a diffusers folder (`layout` "folder"), or
+    A1111's ``taesd_decoder.safetensors`` + ``taesd_encoder.pth`` (`layout` "a1111"; `encoder` False writes the
+    decoder only, as A1111 usually has). Returns the folder or the decoder file."""
+    import torch
+    from diffusers import AutoencoderTiny
+    from safetensors.torch import save_file
+
+    from studio.models.taesd import approx_dir
+
+    if layout not in ("folder", "a1111"):
+        raise ValueError(f"layout: 'folder' or 'a1111', got {layout!r}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae = AutoencoderTiny()
+    root = approx_dir(models_dir)
+    if layout == "folder":
+        # Only an earlier demo TAESD is replaced: real weights are never overwritten with random ones.
+        with fs.staged_dir(root / "taesd", replace=lambda old: (old / _DEMO_MARK).is_file()) as tmp:
+            vae.save_pretrained(tmp, safe_serialization=True)
+            (tmp / _DEMO_MARK).write_text("random weights written by studio.models.demo_extras.build_demo_taesd\n")
+        logger.info("wrote a demo TAESD to %s", root / "taesd")
+        return root / "taesd"
+    root.mkdir(parents=True, exist_ok=True)
+    # A1111's decoder is a Sequential starting with a parameterless clamp: its indices are diffusers' + 1.
+    decoder = {}
+    for key, value in vae.state_dict().items():
+        if key.startswith("decoder.layers."):
+            index, _, rest = key.removeprefix("decoder.layers.").partition(".")
+            decoder[f"{int(index) + 1}.{rest}"] = value.contiguous()
+    target = root / "taesd_decoder.safetensors"
+    with fs.atomic_path(target) as tmp:
+        save_file(decoder, str(tmp))
+    if encoder:
+        state = {k.removeprefix("encoder.layers."): v for k, v in vae.state_dict().items() if k.startswith("encoder.")}
+        with fs.atomic_path(root / "taesd_encoder.pth") as tmp:
+            torch.save(state, str(tmp))
+    logger.info("wrote a demo TAESD (A1111 files) to %s", root)
     return target

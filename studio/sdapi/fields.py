@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from studio.models.taesd import TAESD
 from studio.sdapi.errors import ApiError, Loc, field_error, invalid
 from studio.types import AUTOMATIC, MASKED_CONTENT, GenerationRequest, Limits, RequestError
 
@@ -75,8 +76,19 @@ _HIRES_ONLY = ("hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prom
 _ETA_ONE = ("Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 3M SDE")
 _RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 # override_settings keys this translation applies (others are a warning).
-OVERRIDE_KEYS = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", "samples_format")
+OVERRIDE_KEYS = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", "sd_vae_decode_method", "samples_format")
 _SD_VAE_NONE = ("None", "Automatic", "")
+DECODE_METHODS = ("Full", "TAESD")  # A1111's sd_vae_decode_method: "TAESD" is the studio's "Approx (TAESD)" VAE
+
+
+def decode_method_vae(key: Any, value: Any, vae: str) -> str:
+    """The VAE after A1111's `sd_vae_decode_method` option: "TAESD" chooses TAESD, "Full" undoes that choice."""
+    if value not in DECODE_METHODS:
+        raise invalid(key, f"must be one of {', '.join(DECODE_METHODS)}", value)
+    if value == "TAESD":
+        return TAESD
+    return AUTOMATIC if vae == TAESD else vae
+
 
 _seen_unknown: set[str] = set()
 _seen_lock = threading.Lock()
@@ -226,6 +238,9 @@ def _overrides(body: dict[str, Any], options: ApiOptions, kwargs: dict[str, Any]
             translation.names["clip_skip"] = ("override_settings", key)
         elif key == "sd_vae":
             kwargs["vae"] = AUTOMATIC if value in _SD_VAE_NONE else value
+            translation.names["vae"] = ("override_settings", key)
+        elif key == "sd_vae_decode_method":
+            kwargs["vae"] = decode_method_vae(("override_settings", key), value, kwargs["vae"])
             translation.names["vae"] = ("override_settings", key)
         elif key == "sd_model_checkpoint":
             if not isinstance(value, str) or not value.strip():

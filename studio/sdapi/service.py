@@ -21,6 +21,7 @@ from studio import __version__
 from studio.config import DEFAULT_LIVE_PREVIEW_EVERY
 from studio.engine import EngineError, GenerationCancelled
 from studio.jobs import Job
+from studio.models.taesd import TAESD
 from studio.sdapi import fields, listing, pnginfo
 from studio.sdapi.errors import ApiError, engine_error, field_error, invalid
 from studio.sdapi.hosts import Host
@@ -176,6 +177,7 @@ class SdapiService:
             "sd_checkpoint_hash": (current.sha256 or current.hash) if current is not None else None,
             "CLIP_stop_at_last_layers": clip_skip,
             "sd_vae": vae,
+            "sd_vae_decode_method": "TAESD" if vae == TAESD else "Full",
             "samples_format": "png",
             "eta_noise_seed_delta": 0,
             "samples_save": self.host.keeps_outputs,
@@ -211,6 +213,8 @@ class SdapiService:
                 clip_skip = _checked(key, value, "clip_skip")
             elif key == "sd_vae":
                 vae = self._vae(value)
+            elif key == "sd_vae_decode_method":
+                vae = fields.decode_method_vae(key, value, vae)
             elif key in _FIXED_OPTIONS:
                 if value not in _FIXED_OPTIONS[key]:
                     raise invalid(key, f"this studio supports only {_FIXED_OPTIONS[key][0]!r}", value)
@@ -239,9 +243,11 @@ class SdapiService:
             raise invalid("sd_vae", "must be a VAE name from /sdapi/v1/sd-vae, Automatic or None", value)
         if value in ("None", AUTOMATIC, ""):
             return AUTOMATIC
+        if value == TAESD:
+            return TAESD
         found = discover_vaes(self.host.models_dir)
         if find_vae(value, found) is None:
-            names = ", ".join(["Automatic", "None", *(v.name for v in found)])
+            names = ", ".join(["Automatic", "None", TAESD, *(v.name for v in found)])
             raise invalid("sd_vae", f"unknown VAE {value!r}; available: {names}", value)
         return value
 

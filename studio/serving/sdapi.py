@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.concurrency import run_in_threadpool
 
+from studio.models.taesd import TAESD
 from studio.sdapi import ApiError, SdapiService
 from studio.sdapi import fields as a1111
 from studio.serving.schema import require_unreachable_defaults
@@ -61,7 +62,8 @@ _DESCRIPTIONS = {
     "scheduler": "A schedule type from /sdapi/v1/schedulers (name or label).",
     "init_images": "One image: base64, with or without a data: prefix.",
     "mask": "White = repaint (base64, with or without a data: prefix).",
-    "override_settings": "For this request: sd_model_checkpoint (a title), CLIP_stop_at_last_layers, sd_vae.",
+    "override_settings": "For this request: sd_model_checkpoint (a title), CLIP_stop_at_last_layers, sd_vae, "
+    "sd_vae_decode_method (Full or TAESD).",
     "save_images": "true: saved to the studio's outputs and History like the UI's images.",
 }
 
@@ -116,6 +118,7 @@ def _valid_values(limits: Limits) -> dict[str, dict[str, Any]]:
                 "sd_model_checkpoint": {"type": "string"},
                 "CLIP_stop_at_last_layers": {"type": "integer", "minimum": 1, "maximum": MAX_CLIP_SKIP},
                 "sd_vae": {"type": "string"},
+                "sd_vae_decode_method": {"enum": list(a1111.DECODE_METHODS)},
             },
         }),
     }  # fmt: skip
@@ -299,7 +302,10 @@ class _OptionsDoc(BaseModel):
     model_config = ConfigDict(extra="allow")
     sd_model_checkpoint: str | None = Field(default=None, description="A title from /sdapi/v1/sd-models")
     CLIP_stop_at_last_layers: int | None = Field(default=None, description="Clip skip for API requests (1-12)")
-    sd_vae: str | None = Field(default=None, description="Automatic, None or a file from /sdapi/v1/sd-vae")
+    sd_vae: str | None = Field(default=None, description=f"Automatic, None, {TAESD} or a file from /sdapi/v1/sd-vae")
+    sd_vae_decode_method: str | None = Field(
+        default=None, description=f"Full, or TAESD: decode (and encode) with the tiny {TAESD} VAE"
+    )
     live_previews_enable: bool | None = Field(default=None, description="Live previews (progress's current_image)")
     show_progress_every_n_steps: int | None = Field(
         default=None, description="Live preview every N sampling steps (-1 or 0: none)"

@@ -19,6 +19,7 @@ import gradio as gr
 
 from studio import metadata
 from studio.engine import EngineError, GenerationCancelled
+from studio.models.taesd import TAESD
 from studio.types import AUTOMATIC, GenerationRequest, RequestError, Task
 from studio.ui.controller import StudioController, bind
 from studio.ui.widgets import DEFAULT_UPSCALER, REQUEST_DEFAULTS, SENT_FIELDS, ParamsForm, insert_lora_tag, with_value
@@ -203,7 +204,7 @@ def listed(list_files: Any, what: str) -> list[str]:
 def rescan_files(controller: StudioController) -> tuple[Any, Any, Any]:
     """The LoRA, VAE and upscaler dropdowns with the files in the models folder now (kept values stay)."""
     loras = listed(controller.list_loras, "LoRA files")
-    vaes = [AUTOMATIC, *listed(controller.list_vaes, "VAE files")]
+    vaes = [AUTOMATIC, TAESD, *listed(controller.list_vaes, "VAE files")]
     upscalers = with_value(listed(controller.list_upscalers, "upscalers"), DEFAULT_UPSCALER)
     gr.Info(f"{len(loras)} LoRA file(s), {len(vaes) - 1} VAE file(s), {len(upscalers)} upscaler(s)")
     return gr.update(choices=loras), gr.update(choices=vaes), gr.update(choices=upscalers)

@@ -16,6 +16,7 @@ from typing import Any
 
 import gradio as gr
 
+from studio.models.taesd import TAESD
 from studio.samplers import DEFAULT_SAMPLER
 from studio.types import AUTOMATIC, MAX_CLIP_SKIP, MAX_HIRES_SCALE, GenerationRequest, Limits, Task
 
@@ -225,7 +226,7 @@ def build_params_form(task: Task, choices: FormChoices, limits: Limits) -> Param
     with gr.Row():
         clip_skip = field_input(gr.Slider(1, MAX_CLIP_SKIP, value=1, step=1, label="Clip skip"))
         vae = gr.Dropdown(
-            [AUTOMATIC, *choices.vaes],
+            [AUTOMATIC, TAESD, *choices.vaes],
             value=AUTOMATIC,
             label="VAE",
             allow_custom_value=True,

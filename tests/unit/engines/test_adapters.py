@@ -378,7 +378,7 @@ def test_vae_cache_errors_name_the_field_and_list_the_files(models_dir: Path, pi
     with pytest.raises(RequestError) as caught:
         vaes.get("vaeFtMse840000EmaPruned_vae.safetensors", pipe)
     assert caught.value.field == "vae" and caught.value.value == "vaeFtMse840000EmaPruned_vae.safetensors"
-    assert str(caught.value).endswith("available: Automatic, demo-vae.safetensors")
+    assert str(caught.value).endswith("available: Automatic, Approx (TAESD), demo-vae.safetensors")
 
 
 def test_vae_cache_refuses_unusable_files_as_request_errors(tmp_path: Path, pipe: DiffusionPipeline) -> None:

@@ -231,3 +231,17 @@ def test_resize_modes_fit_the_init_image(mode, expected):
 def test_latent_upscale_resize_mode_is_a_warning():
     t = tx({"init_images": [png64((96, 64))], "width": 64, "height": 64, "resize_mode": 3}, IMG2IMG)
     assert any("latent upscale" in w for w in t.warnings)
+
+
+def test_override_decode_method_chooses_taesd_for_one_request():
+    t = tx({"override_settings": {"sd_vae_decode_method": "TAESD"}})
+    assert t.request.vae == "Approx (TAESD)"
+    back = tx(
+        {"override_settings": {"sd_vae_decode_method": "Full"}}, options=ApiOptions(clip_skip=1, vae="Approx (TAESD)")
+    )
+    assert back.request.vae == AUTOMATIC
+    kept = tx({"override_settings": {"sd_vae_decode_method": "Full"}}, options=ApiOptions(clip_skip=1, vae="x.pt"))
+    assert kept.request.vae == "x.pt"
+    with pytest.raises(ApiError) as caught:
+        tx({"override_settings": {"sd_vae_decode_method": "fast"}})
+    assert caught.value.body["detail"][0]["loc"] == ["body", "override_settings", "sd_vae_decode_method"]

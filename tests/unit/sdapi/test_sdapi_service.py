@@ -180,3 +180,21 @@ def test_options_turn_live_previews_off_and_on(tmp_path):
         with pytest.raises(ApiError) as caught:
             service.set_options({key: bad})
         assert caught.value.status == 422 and key in json.dumps(caught.value.body)
+
+
+def test_taesd_through_the_options_like_a1111s_decode_method(tmp_path):
+    """A1111's sd_vae_decode_method "TAESD" (and the studio's VAE name) choose the tiny VAE for API requests;
+    "Full" goes back to the model's own; anything else is a 422 naming the option."""
+    service, controller = service_for(tmp_path, FakeEngine(loaded=True))
+    service.set_options({"sd_vae_decode_method": "TAESD"})
+    assert service.get_options()["sd_vae"] == "Approx (TAESD)"
+    assert service.get_options()["sd_vae_decode_method"] == "TAESD"
+    service.txt2img(BODY)
+    assert controller.engine.requests[-1].vae == "Approx (TAESD)"
+    service.set_options({"sd_vae_decode_method": "Full"})
+    assert service.get_options()["sd_vae"] == "Automatic" and service.get_options()["sd_vae_decode_method"] == "Full"
+    service.set_options({"sd_vae": "Approx (TAESD)"})
+    assert service.get_options()["sd_vae_decode_method"] == "TAESD"
+    with pytest.raises(ApiError) as caught:
+        service.set_options({"sd_vae_decode_method": "Approx NN"})
+    assert caught.value.status == 422 and caught.value.body["detail"][0]["loc"] == ["body", "sd_vae_decode_method"]

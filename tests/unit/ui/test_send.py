@@ -95,7 +95,7 @@ class Lister:
 
 def test_rescan_lists_the_files_and_keeps_the_default_upscaler():
     loras, vaes, upscalers = rescan_files(Lister())
-    assert loras["choices"] == ["a", "b/c"] and vaes["choices"] == ["Automatic", "mse.pt"]
+    assert loras["choices"] == ["a", "b/c"] and vaes["choices"] == ["Automatic", "Approx (TAESD)", "mse.pt"]
     assert upscalers["choices"] == ["Latent", "Lanczos"]
 
 
