@@ -51,6 +51,10 @@ class Profile:
     a1111: tuple[str, int, int, int] = ("demo", 256, 10, 8)  # weighting + LoRA cost: (model, size, steps, rounds)
     lora_rss: tuple[str, int, int, int] = ("demo", 256, 2, 50)  # LoRA cycling: (model, size, steps, requests)
     previews: tuple[str, int, int, int] = ("demo", 256, 10, 8)  # live previews on/off: (model, size, steps, rounds)
+    # sd15 load + first image, each in a fresh process: (size, steps, also a cold conversion?); None: not measured
+    openvino_memory: tuple[int, int, bool] | None = None
+    drafts_decode: tuple[str, int, int] = ("sd15", 256, 2)  # VAE decode per VAE: (model, size, interleaved rounds)
+    drafts_lcm: tuple[str, int] | None = None  # a 4-step LCM image on OpenVINO: (model, size); None: not measured
     worker_timeout: float = 1800.0
 
     def capped(self, rounds: int) -> Profile:
@@ -71,6 +75,7 @@ class Profile:
             a1111=(*self.a1111[:3], min(self.a1111[3], n)),
             lora_rss=(*self.lora_rss[:3], min(self.lora_rss[3], max(8, n))),
             previews=(*self.previews[:3], min(self.previews[3], n)),
+            drafts_decode=(*self.drafts_decode[:2], min(self.drafts_decode[2], n)),
         )
 
 
@@ -109,6 +114,9 @@ FULL = Profile(
     openvino_e2e=(512, 4),
     openvino_accuracy=True,
     a1111=("sd15", 256, 4, 3),
+    openvino_memory=(512, 2, True),
+    drafts_decode=("sd15", 512, 3),
+    drafts_lcm=("sd15", 512),
     lora_rss=("sd15", 128, 1, 50),
     previews=("sd15", 256, 10, 4),
 )
@@ -248,6 +256,40 @@ def end_to_end_costs(speed: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def openvino_memory(ctx: Context) -> dict[str, Any]:
+    """Peak RSS and time of load + first image on sd15, each in a fresh process: the torch engine, the OpenVINO
+    engine from a warm IR cache (the speed worker left it warm) and, when asked, a cold conversion into an empty
+    cache. Goals: `warm_load_peak_rss_mb` ≤ 50 % of `torch_peak_rss_mb`, `warm_load_s` ≤ `torch_load_s`,
+    `cold_convert_peak_rss_mb` ≤ 6 GB."""
+    if ctx.profile.openvino_memory is None:
+        return {}
+    size, steps, cold = ctx.profile.openvino_memory
+    case = {"model": "sd15", "size": size, "steps": steps}
+    torch_run = ctx.worker("peak_rss", engine="torch", **case)
+    warm = ctx.worker("peak_rss", engine="openvino", **case)
+    out: dict[str, Any] = {
+        "warm_load_peak_rss_mb": warm["peak_rss_mb"],
+        "torch_peak_rss_mb": torch_run["peak_rss_mb"],
+        "warm_load_rss_fraction": round(warm["peak_rss_mb"] / torch_run["peak_rss_mb"], 3),
+        "warm_load_s": warm["load_and_first_image_s"],
+        "torch_load_s": torch_run["load_and_first_image_s"],
+        "warm_load_time_fraction": round(warm["load_and_first_image_s"] / torch_run["load_and_first_image_s"], 3),
+        "warm_load_was_warm": warm.get("openvino_warm"),
+        # RssAnon peaks: without the mapped model files the kernel can drop (OpenVINO keeps its IR mapped)
+        "warm_load_peak_anon_mb": warm.get("peak_anon_mb"),
+        "torch_peak_anon_mb": torch_run.get("peak_anon_mb"),
+        "memory_case": {**case, "torch": torch_run, "warm": warm},
+    }
+    if cold:
+        with tempfile.TemporaryDirectory(prefix="bench-ov-cold-") as empty:
+            cold_run = ctx.worker("peak_rss", engine="openvino", openvino_cache=empty, **case)
+        out["cold_convert_peak_rss_mb"] = cold_run["peak_rss_mb"]
+        out["cold_load_s"] = cold_run["load_and_first_image_s"]
+        out["cold_convert_s"] = cold_run.get("openvino_convert_s")
+        out["memory_case"]["cold"] = cold_run
+    return out
+
+
 def openvino(ctx: Context) -> dict[str, Any]:
     """`openvino_vs_torch.speedup` on the full-size SD 1.5 architecture, plus demo-model pixel differences."""
     try:
@@ -265,6 +307,7 @@ def openvino(ctx: Context) -> dict[str, Any]:
     )
     speed.update(peak_fraction(speed, ctx.hardware()))
     speed.update(end_to_end_costs(speed))
+    speed.update(openvino_memory(ctx))
     if not p.openvino_accuracy:
         return speed
     accuracy = ctx.worker("openvino_accuracy", precisions=["f32", "bf16"], size=256, steps=10)
@@ -461,6 +504,16 @@ def previews(ctx: Context) -> dict[str, Any]:
     return ctx.worker("preview_cost", model=model, size=size, steps=steps, rounds=rounds)
 
 
+def drafts(ctx: Context) -> dict[str, Any]:
+    """Fast drafts: VAE decode time (torch, OpenVINO, TAESD) and a 4-step LCM image on OpenVINO (bench.drafts)."""
+    model, size, rounds = ctx.profile.drafts_decode
+    out: dict[str, Any] = {"vae_decode": ctx.worker("vae_decode", model=model, size=size, rounds=rounds)}
+    if ctx.profile.drafts_lcm is not None:
+        model, size = ctx.profile.drafts_lcm
+        out["lcm"] = ctx.worker("lcm_image", model=model, size=size)
+    return out
+
+
 SECTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "hardware": hardware,
     "engine_vs_raw": engine_vs_raw,
@@ -470,6 +523,7 @@ SECTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "load_run": load_run,
     "task_switch": task_switch,
     "openvino": openvino,
+    "drafts": drafts,
     "load_time": load_time,
     "peak_rss": peak_rss,
     "gradio": gradio,

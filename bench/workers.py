@@ -19,7 +19,17 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench.core import RESULT_PREFIX, Stats, interleave, peak_rss_mb, ratio_summary, reset_peak_rss, rss_mb, timed
+from bench.core import (
+    RESULT_PREFIX,
+    AnonPeak,
+    Stats,
+    interleave,
+    peak_rss_mb,
+    ratio_summary,
+    reset_peak_rss,
+    rss_mb,
+    timed,
+)
 from bench.models import ensure_single_file, model_spec
 
 logger = logging.getLogger("bench.workers")
@@ -28,7 +38,9 @@ PROMPT = "a photo of an astronaut riding a horse on the moon, detailed, 8k"
 NEGATIVE = "blurry, low quality"
 
 
-def _request(size: int, steps: int, sampler: str = "Euler a", seed: int = 1234, **extra: Any) -> Any:
+def _request(
+    size: int, steps: int, sampler: str = "Euler a", seed: int = 1234, cfg_scale: float = 7.0, **extra: Any
+) -> Any:
     from studio.types import GenerationRequest
 
     return GenerationRequest(
@@ -36,7 +48,7 @@ def _request(size: int, steps: int, sampler: str = "Euler a", seed: int = 1234, 
         negative_prompt=NEGATIVE,
         sampler=sampler,
         steps=steps,
-        cfg_scale=7.0,
+        cfg_scale=cfg_scale,
         seed=seed,
         width=size,
         height=size,
@@ -76,9 +88,10 @@ def _pixel_diff(a: Any, b: Any) -> dict[str, float]:
     }
 
 
-def _engine(model: str, engine: str = "torch", precision: str = "bf16") -> Any:
+def _engine(model: str, engine: str = "torch", precision: str = "bf16", openvino_cache: str | None = None) -> Any:
     """The studio's local engine for a benchmark model, made the way every composition root makes it."""
-    return _build(model_spec(model), kind=engine, precision=precision)
+    extra = {"openvino_cache": openvino_cache} if openvino_cache else {}
+    return _build(model_spec(model), kind=engine, precision=precision, **extra)
 
 
 def _build(spec: str, **settings: Any) -> Any:
@@ -344,19 +357,23 @@ def load_time(model: str, rounds: int) -> dict[str, Any]:
     }
 
 
-def peak_rss(model: str, engine: str, size: int, steps: int, precision: str = "bf16") -> dict[str, Any]:
-    """RSS of the studio's engine with one model: after import, after load, and the peak through one generation."""
+def peak_rss(
+    model: str, engine: str, size: int, steps: int, precision: str = "bf16", openvino_cache: str | None = None
+) -> dict[str, Any]:
+    """RSS of the studio's engine with one model: after import, after load, and the peak through one generation.
+    `peak_rss_mb` is the peak of the whole process (load + first image); `load_and_first_image_s` their time."""
     import torch  # noqa: F401  (counted in the baseline, as in the studio)
 
     from studio.engines import local  # noqa: F401
 
     after_import = rss_mb()
-    instance = _engine(model, engine, precision)
-    load_s, _ = timed(instance.load)
-    after_load = rss_mb()
-    peak_load = peak_rss_mb()
-    reset_peak_rss()
-    gen_s, _ = timed(lambda: instance.generate(_request(size, steps)))
+    with AnonPeak() as anon:
+        instance = _engine(model, engine, precision, openvino_cache)
+        load_s, _ = timed(instance.load)
+        after_load = rss_mb()
+        peak_load = peak_rss_mb()
+        reset_peak_rss()
+        gen_s, _ = timed(lambda: instance.generate(_request(size, steps)))
     out: dict[str, Any] = {
         "model": model,
         "engine": engine,
@@ -370,10 +387,15 @@ def peak_rss(model: str, engine: str, size: int, steps: int, precision: str = "b
         "peak_during_generate_mb": peak_rss_mb(),
         "rss_after_generate_mb": rss_mb(),
     }
+    out["peak_rss_mb"] = max(v for v in (peak_load, out["peak_during_generate_mb"]) if v is not None)
+    out["load_and_first_image_s"] = round(load_s + gen_s, 2)
+    out["peak_anon_mb"] = anon.mb
     report = getattr(instance.accelerator, "report", None)
     if report is not None:
         out["precision"] = report.precision
         out["openvino_cache_hits"] = report.cache_hits
+        out["openvino_warm"] = report.warm
+        out["openvino_convert_s"] = round(sum(c.convert_seconds for c in report.components), 2)
     return out
 
 
@@ -482,6 +504,7 @@ def openvino_accuracy(precisions: list[str], size: int, steps: int) -> dict[str,
 
 from bench.a1111 import a1111_cost, lora_rss, preview_cost  # noqa: E402  (they use this module's helpers)
 from bench.dlc import dlc_cold_start  # noqa: E402
+from bench.drafts import lcm_image, vae_decode  # noqa: E402
 from bench.hardware import hardware  # noqa: E402
 from bench.lambda_ import lambda_cold_start  # noqa: E402
 from bench.ray_ import ray_serve  # noqa: E402
@@ -500,6 +523,8 @@ TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     "openvino_accuracy": openvino_accuracy,
     "ray_serve": ray_serve,
     "dlc_cold_start": dlc_cold_start,
+    "vae_decode": vae_decode,
+    "lcm_image": lcm_image,
 }
 
 

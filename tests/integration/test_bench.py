@@ -164,3 +164,41 @@ def test_end_to_end_is_split_into_step_and_fixed_costs():
     assert e2e["fixed_s"] == 6.0 and e2e["fixed_steps"] == 1.2 and e2e["torch_fixed_s"] == 24.0
     assert e2e["speedup_20"] == pytest.approx((24 + 200) / (6 + 100), abs=1e-3)
     assert end_to_end_costs({"per_size": {}}) == {}
+
+
+def test_openvino_memory_compares_fresh_process_peaks(monkeypatch):
+    """The memory part of the openvino section: torch, warm and cold runs of peak_rss, and the goal fractions."""
+    import dataclasses
+
+    from bench.sections import FULL, QUICK, Context, openvino_memory
+
+    calls = []
+    peaks = {"torch": (5000.0, 100.0), "warm": (2000.0, 40.0), "cold": (5800.0, 300.0)}
+
+    def worker(self, task, **args):
+        calls.append((task, args))
+        kind = "torch" if args["engine"] == "torch" else "cold" if args.get("openvino_cache") else "warm"
+        peak, seconds = peaks[kind]
+        return {"peak_rss_mb": peak, "load_and_first_image_s": seconds, "openvino_warm": kind == "warm"}
+
+    monkeypatch.setattr(Context, "worker", worker)
+    assert openvino_memory(Context(QUICK)) == {}
+    out = openvino_memory(Context(dataclasses.replace(FULL, openvino_memory=(512, 2, True))))
+    assert [task for task, _ in calls] == ["peak_rss"] * 3 and all(a["size"] == 512 for _, a in calls)
+    assert out["warm_load_rss_fraction"] == 0.4 and out["warm_load_time_fraction"] == 0.4
+    assert out["cold_convert_peak_rss_mb"] == 5800.0 and out["warm_load_was_warm"] is True
+    goals = evaluate_goals({"openvino_vs_torch": out})
+    assert goals["openvino_vs_torch.warm_load_rss_fraction"]["met"] is True
+    assert goals["openvino_vs_torch.cold_convert_peak_rss_mb"]["met"] is True
+
+
+def test_drafts_measure_each_vae_and_an_lcm_image_on_the_demo():
+    pytest.importorskip("openvino")
+    from bench.drafts import lcm_image, vae_decode
+
+    decode = vae_decode("demo", 64, 1)
+    assert {"torch_s", "openvino_s", "taesd_s"} <= set(decode) and decode["taesd_speedup"] > 0
+    assert len(decode["taesd_speedup_spread"]) == 2
+    lcm = lcm_image("demo", 64)
+    assert lcm["sampler"] == "LCM" and lcm["steps"] == 4 and lcm["openvino_taesd_s"] > 0
+    assert "Sampler: LCM" in lcm["infotext"] and "VAE: Approx (TAESD)" in lcm["infotext"]
