@@ -20,6 +20,7 @@ import gradio as gr
 from studio import metadata
 from studio.engine import EngineError, GenerationCancelled
 from studio.models.taesd import TAESD
+from studio.presets import LCM, apply_preset
 from studio.types import AUTOMATIC, GenerationRequest, RequestError, Task
 from studio.ui.controller import StudioController, bind
 from studio.ui.widgets import DEFAULT_UPSCALER, REQUEST_DEFAULTS, SENT_FIELDS, ParamsForm, insert_lora_tag, with_value
@@ -201,12 +202,24 @@ def listed(list_files: Any, what: str) -> list[str]:
         raise gr.Error(f"Could not list the {what}: {err}") from None
 
 
+def lcm_preset(controller: StudioController, prompt: str | None) -> tuple[str, int, float, str]:
+    """The "LCM preset" button: studio.presets.LCM's sampler, steps and CFG, and the prompt with the first LCM-LoRA
+    file's tag; a notice says which LoRA (or where to put one)."""
+    try:
+        applied = apply_preset(LCM.name, prompt, listed(controller.list_loras, "LoRA files"))
+    except RequestError as exc:  # a malformed <lora:...> tag already in the prompt
+        raise gr.Error(str(exc)) from None
+    gr.Info(applied.notice)
+    return applied.sampler, applied.steps, applied.cfg_scale, applied.prompt
+
+
 def rescan_files(controller: StudioController) -> tuple[Any, Any, Any]:
     """The LoRA, VAE and upscaler dropdowns with the files in the models folder now (kept values stay)."""
     loras = listed(controller.list_loras, "LoRA files")
-    vaes = [AUTOMATIC, TAESD, *listed(controller.list_vaes, "VAE files")]
+    vae_files = listed(controller.list_vaes, "VAE files")
     upscalers = with_value(listed(controller.list_upscalers, "upscalers"), DEFAULT_UPSCALER)
-    gr.Info(f"{len(loras)} LoRA file(s), {len(vaes) - 1} VAE file(s), {len(upscalers)} upscaler(s)")
+    gr.Info(f"{len(loras)} LoRA file(s), {len(vae_files)} VAE file(s), {len(upscalers)} upscaler(s)")
+    vaes = [AUTOMATIC, TAESD, *vae_files]
     return gr.update(choices=loras), gr.update(choices=vaes), gr.update(choices=upscalers)
 
 
@@ -242,6 +255,8 @@ def wire_tab_events(tab: GenerationTab, controller: StudioController, run: Any) 
     outputs.gallery.select(selected_index, None, outputs.selected, api_visibility="private", queue=False)
     run.then(first_image, None, outputs.selected, api_visibility="private", queue=False)
     form.loras.insert.click(insert_lora_tag, [form.prompt, form.loras.name], form.prompt, api_visibility="private")
+    preset_fields = [form.sampler, form.steps, form.cfg_scale, form.prompt]
+    form.lcm_preset.click(bind(lcm_preset, controller), [form.prompt], preset_fields, api_visibility="private")
     if form.hires is None:
         rescan, rescanned = rescan_lora_vae, [form.loras.name, form.vae]
     else:

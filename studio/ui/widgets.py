@@ -131,6 +131,7 @@ class ParamsForm:
     random_seed: gr.Button
     reuse_seed: gr.Button
     loras: LoraPicker
+    lcm_preset: gr.Button  # studio.presets.LCM: sampler, steps and CFG for fast drafts (+ an LCM-LoRA tag)
     strength: gr.Slider | None = None  # img2img and inpaint
     mask_blur: gr.Slider | None = None  # the inpaint tab's editor only (not a public API parameter)
     hires: HiresForm | None = None  # text to image only
@@ -217,6 +218,7 @@ def build_params_form(task: Task, choices: FormChoices, limits: Limits) -> Param
             elem_id=f"{prefix}-scheduler",
         )
         steps = field_input(gr.Slider(1, limits.max_steps, value=20, step=1, label="Steps", scale=3))
+        lcm_preset = gr.Button("LCM preset", size="sm", scale=0, min_width=100, elem_id=f"{prefix}-lcm-preset")
     with gr.Row():
         width = field_input(gr.Slider(64, limits.max_width, value=512, step=8, label="Width"))
         height = field_input(gr.Slider(64, limits.max_height, value=512, step=8, label="Height"))
@@ -260,6 +262,7 @@ def build_params_form(task: Task, choices: FormChoices, limits: Limits) -> Param
         random_seed=random_seed,
         reuse_seed=reuse_seed,
         loras=loras,
+        lcm_preset=lcm_preset,
         strength=strength,
         mask_blur=mask_blur,
         hires=hires,

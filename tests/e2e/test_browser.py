@@ -366,6 +366,17 @@ def test_insert_a_lora_tag_and_see_the_lists(page, studio):
     expect(page.locator("#txt2img-prompt textarea")).to_have_value("a fox <lora:demo-lora:1>")
     page.locator("#txt2img-vae input").click()
     expect(page.get_by_role("option", name="demo-vae.safetensors")).to_be_visible()
+    expect(page.get_by_role("option", name="Approx (TAESD)")).to_be_visible()
+
+
+def test_the_lcm_preset_sets_sampler_steps_and_cfg_and_says_what_lora_it_needs(page, studio):
+    open_studio(page, studio.url)
+    page.locator("#txt2img-lcm-preset").click()
+    wait_toast(page, r"No LCM-LoRA in models/Lora")
+    expect(page.locator("#txt2img-sampler input")).to_have_value("LCM")
+    panel = page.locator("#tab-txt2img")
+    expect(panel.get_by_label("number input for Steps", exact=True)).to_have_value("6")
+    expect(panel.get_by_label("number input for CFG scale", exact=True)).to_have_value("1.5")
 
 
 def test_stop_ends_a_long_run_early_and_keeps_what_was_finished(page, studio):
