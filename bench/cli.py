@@ -73,8 +73,11 @@ def missing_package(exc: BaseException) -> str | None:
     return None if top in ("studio", "bench", "app") else top
 
 
-def run(selected: list[str], *, quick: bool, verbose: bool = False, rounds: int | None = None) -> dict[str, Any]:
-    """Run `selected` sections and return the complete result dict (not yet written)."""
+def run(
+    selected: list[str], *, quick: bool, verbose: bool = False, rounds: int | None = None, explicit: bool = False
+) -> dict[str, Any]:
+    """Run `selected` sections and return the complete result dict (not yet written). `explicit`: the sections
+    were named with --only, so the profile's full-only sections run too."""
     profile = QUICK if quick else FULL
     if rounds is not None:
         profile = profile.capped(rounds)
@@ -91,6 +94,12 @@ def run(selected: list[str], *, quick: bool, verbose: bool = False, rounds: int 
     try:
         for name in selected:
             section_started = time.perf_counter()
+            if name in profile.full_only and not explicit:
+                results[RESULT_KEYS.get(name, name)] = {
+                    "skipped": f"not in the {profile.name} profile (python -m bench --only {name} runs it)"
+                }
+                results["sections"][name] = {"status": "skipped", "seconds": 0.0}
+                continue
             logger.info("== %s", name)
             try:
                 data = SECTIONS[name](ctx)
@@ -132,6 +141,14 @@ def run(selected: list[str], *, quick: bool, verbose: bool = False, rounds: int 
             results[parent].setdefault("goals", {})[leaf] = {"goal": goal["goal"], "met": goal["met"]}
     results["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     results["total_seconds"] = round(time.perf_counter() - started, 1)
+    if profile.budget_s is not None and not explicit:
+        total = results["total_seconds"]
+        results["goals"]["total_seconds"] = {
+            "goal": f"<= {profile.budget_s:g}",
+            "value": total,
+            "met": total <= profile.budget_s,
+            "why": f"the {profile.name} run takes at most {profile.budget_s:g} s with warm caches",
+        }
     return results
 
 
@@ -170,8 +187,10 @@ def table(results: dict[str, Any]) -> str:
         "serving_overhead_ms_512": lambda r: _range(get_path(r, "serving.overhead_ms"), "min", "max", " ms"),
         "openvino_vs_torch.speedup": lambda r: _ov_spread(r),
         "task_switch.rss_increase_pct": lambda r: f"peak {_fmt(get_path(r, 'task_switch.peak_rss_mb'))} MB",
-        "preview_overhead_pct": lambda r: _range(get_path(r, "previews"), "round_ratio_min", "round_ratio_max")
-        + f"; derived {_fmt(get_path(r, 'previews.derived_overhead_pct'))} %",
+        "preview_overhead_pct": lambda r: (
+            _range(get_path(r, "previews"), "round_ratio_min", "round_ratio_max")
+            + f"; derived {_fmt(get_path(r, 'previews.derived_overhead_pct'))} %"
+        ),
     }
     for goal in GOALS:
         if goal.field not in goals:
@@ -262,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if not selected:
         print("no sections selected", file=sys.stderr)
         return 2
-    results = run(selected, quick=args.quick, verbose=args.verbose, rounds=args.rounds)
+    results = run(selected, quick=args.quick, verbose=args.verbose, rounds=args.rounds, explicit=bool(args.only))
     latest, stamped = write(results, args.out)
     print(table(results))
     print(f"results: {latest} (and {stamped.name})")

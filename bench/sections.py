@@ -56,6 +56,9 @@ class Profile:
     drafts_decode: tuple[str, int, int] = ("sd15", 256, 2)  # VAE decode per VAE: (model, size, interleaved rounds)
     drafts_lcm: tuple[str, int] | None = None  # a 4-step LCM image on OpenVINO: (model, size); None: not measured
     worker_timeout: float = 1800.0
+    # Sections this profile leaves out unless named with --only (the hosting stacks: minutes of start-up each)
+    full_only: tuple[str, ...] = ()
+    budget_s: float | None = None  # the run's own time goal (`total_seconds`), with warm caches
 
     def capped(self, rounds: int) -> Profile:
         """This profile with every repetition count capped at `rounds` (smoke runs, e.g. the test suite)."""
@@ -96,6 +99,8 @@ QUICK = Profile(
     openvino_e2e=None,
     openvino_accuracy=False,
     a1111=("sd15", 128, 2, 4),  # the full-size architecture: on the tiny demo, fixed per-request costs dominate
+    full_only=("ray_serve", "dlc", "lambda"),
+    budget_s=180.0,
 )
 FULL = Profile(
     name="full",

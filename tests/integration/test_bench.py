@@ -125,7 +125,7 @@ def test_a_section_whose_extra_is_missing_is_skipped_naming_the_package(monkeypa
     monkeypatch.setitem(cli.SECTIONS, "async_remote", needs_moto)
     monkeypatch.setitem(cli.SECTIONS, "ray_serve", worker_needs_ray)
     monkeypatch.setitem(cli.SECTIONS, "gradio", broken)
-    results = cli.run(["async_remote", "ray_serve", "gradio"], quick=True)
+    results = cli.run(["async_remote", "ray_serve", "gradio"], quick=True, explicit=True)
     assert results["sections"]["async_remote"]["status"] == "skipped"
     assert "moto" in results["async_remote"]["skipped"]
     assert results["sections"]["ray_serve"]["status"] == "skipped" and "ray" in results["ray_serve"]["skipped"]
@@ -202,3 +202,17 @@ def test_drafts_measure_each_vae_and_an_lcm_image_on_the_demo():
     lcm = lcm_image("demo", 64)
     assert lcm["sampler"] == "LCM" and lcm["steps"] == 4 and lcm["openvino_taesd_s"] > 0
     assert "Sampler: LCM" in lcm["infotext"] and "VAE: Approx (TAESD)" in lcm["infotext"]
+
+
+def test_the_quick_profile_leaves_the_hosting_stacks_to_only_and_checks_its_budget(monkeypatch):
+    from bench import cli
+
+    ran = []
+    for name in ("ray_serve", "dlc", "lambda", "hardware"):
+        monkeypatch.setitem(cli.SECTIONS, name, lambda ctx, name=name: ran.append(name) or {"value": 1})
+    results = cli.run(["hardware", "ray_serve", "dlc", "lambda"], quick=True)
+    assert ran == ["hardware"]
+    assert results["sections"]["dlc"]["status"] == "skipped" and "--only dlc" in results["dlc"]["skipped"]
+    assert results["goals"]["total_seconds"]["met"] is True and results["goals"]["total_seconds"]["goal"] == "<= 180"
+    assert cli.run(["dlc"], quick=True, explicit=True)["sections"]["dlc"]["status"] == "ok" and ran[-1] == "dlc"
+    assert "total_seconds" not in cli.run(["dlc"], quick=True, explicit=True)["goals"]
