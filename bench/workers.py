@@ -347,12 +347,14 @@ def load_time(model: str, rounds: int) -> dict[str, Any]:
     times = interleave(
         {"folder": loader("folder", folder), "single_file": loader("single_file", single)}, rounds=rounds, warmup=1
     )
+    ratio = ratio_summary(times["single_file"], times["folder"])
     return {
         "model": model,
         "folder_s": Stats.of(times["folder"]).as_dict(),
         "single_file_s": Stats.of(times["single_file"]).as_dict(),
         "first_image_64px_1step_s": {k: Stats.of(v[1:]).as_dict() for k, v in first_image.items()},
-        "single_file_vs_folder": ratio_summary(times["single_file"], times["folder"])["ratio"],
+        "single_file_vs_folder": ratio["ratio"],
+        "single_file_vs_folder_spread": [ratio["round_ratio_min"], ratio["round_ratio_max"]],
         "single_file_bytes": os.path.getsize(single),
     }
 
