@@ -25,7 +25,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from studio.config import DEFAULT_OPENVINO_STATIC_SHAPES
 from studio.engine import EngineError
-from studio.engines.openvino_static import STATIC_NETWORKS, StaticSource, StaticVariants
+from studio.engines.openvino_static import STATIC_NETWORKS, StaticSource, StaticVariant, StaticVariants
 
 _MARK = "_studio_openvino"  # attribute set on modules whose calls were redirected to OpenVINO
 
@@ -54,6 +54,7 @@ class CompiledNetwork:
         self.lock = threading.Lock()
         self.calls = 0
         self.static_calls = 0  # calls served by a static variant
+        self.dynamic_calls = 0  # calls served by the dynamic model (its weights are packed on the first one)
         self.seconds = 0.0
         self.source = source
         self.static: StaticVariants | None = None
@@ -70,13 +71,27 @@ class CompiledNetwork:
         elif keep > 0 and self.source is not None:
             self.static = StaticVariants.from_source(self.name, self.source, keep)
 
+    def _static_variant(self, shapes: tuple[tuple[int, ...], ...]) -> StaticVariant | None:
+        """The static variant to run `shapes` on, or None for the dynamic model.
+
+        While the dynamic model has never run, a missing variant is compiled right here: the dynamic model packs
+        its weights on its first inference, which costs about as long as compiling the static variant (SD 1.5 UNet,
+        bench/openvino_static.py), so the first image is not slower, and the dynamic model never holds a second copy
+        of the weights. Once the dynamic model has run, it serves new shapes while their variant compiles in the
+        background (`__call__` queues it)."""
+        assert self.static is not None
+        variant = self.static.get(shapes)
+        if variant is None and self.dynamic_calls == 0:
+            variant = self.static.ensure(shapes)
+        return variant
+
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
         started = time.perf_counter()
         inputs = [np.require(a, requirements="C") for a in arrays]  # keeps 0-d arrays 0-d
         shapes = tuple(tuple(int(d) for d in a.shape) for a in inputs)
         static = self.static
+        variant = self._static_variant(shapes) if static is not None else None
         with self.lock:
-            variant = static.get(shapes) if static is not None else None
             request = self.request if variant is None else variant.request
             request.infer(inputs)
             count = len(self.compiled.outputs)
@@ -85,6 +100,8 @@ class CompiledNetwork:
             if variant is not None:
                 variant.calls += 1
                 self.static_calls += 1
+            else:
+                self.dynamic_calls += 1
             self.seconds += time.perf_counter() - started
         if static is not None and variant is None:
             static.want(shapes)  # compiles in the background, outside the lock; this shape's next calls use it

@@ -2,10 +2,13 @@
 
 Why: the studio keeps one IR with dynamic batch/height/width for every size (no export step, no reshape per size),
 but OpenVINO's CPU plugin runs a static-shape graph faster (a full-size SD 1.5 UNet step at 512², batch 2: ~13 %
-on an AMX Xeon, ~15 % on an AVX512-BF16 EPYC; see bench/openvino_static.py). So the first call of an input shape
+on an AMX Xeon, ~10 % on an AVX512-BF16 EPYC; see bench/openvino_static.py). So the first call of an input shape
 runs the dynamic compiled model, and a background thread compiles `model.reshape(that shape)`; later calls of exactly
-that shape use the static variant once it is ready. A variant is keyed by every input's full shape, so it is only ever
-used for the shape it was compiled for: a size never renders as another.
+that shape use the static variant once it is ready. Until the dynamic model has run once, a new shape's variant is
+compiled in the calling thread instead (CompiledNetwork._static_variant): that costs about what the dynamic model's
+first inference costs anyway (it packs its weights then), and the dynamic model then never holds a copy of them.
+A variant is keyed by every input's full shape, so it is only ever used for the shape it was compiled for: a size
+never renders as another.
 
 Memory: each static variant holds its own repacked copy of the weights (+1.7 GB for an SD 1.5 UNet in bf16, measured
 as RssAnon). Compiling from a clone of the ov.Model the dynamic network was compiled from shares the IR's
@@ -67,10 +70,10 @@ class StaticVariant:
 class StaticVariants:
     """The static variants of one network: at most `keep`, least recently used evicted first.
 
-    `get(shapes)` returns a ready variant or None (the caller then runs its dynamic model and calls `want(shapes)`).
-    `want` queues a compile; one background thread per network compiles the queue in order, outside every lock
-    of the caller, so inference never waits for a compile. A shape whose compile failed is not tried again (the
-    dynamic model keeps serving it; the failure is logged).
+    `get(shapes)` returns a ready variant or None (the caller then runs its dynamic model and calls `want(shapes)`,
+    or compiles it in its own thread with `ensure(shapes)`). `want` queues a compile; one background thread per
+    network compiles the queue in order, outside every lock of the caller, so inference never waits for it. A shape
+    whose compile failed is not tried again (the dynamic model keeps serving it; the failure is logged).
     """
 
     def __init__(self, name: str, compile_shapes: Callable[[Shapes], ov.CompiledModel], keep: int):
@@ -123,7 +126,21 @@ class StaticVariants:
                 shapes = self._compiling = self._queue.pop(0)
             self._build(shapes)
 
-    def _build(self, shapes: Shapes) -> None:
+    def ensure(self, shapes: Shapes) -> StaticVariant | None:
+        """The variant for `shapes`, compiled in the calling thread if need be (outside every lock; when the
+        background thread is compiling that shape, its result is awaited); None when off or its compile failed."""
+        with self._lock:
+            self._idle.wait_for(lambda: self._compiling != shapes)
+            if self.keep == 0 or shapes in self._failed:
+                return None
+            if shapes in self._ready:
+                self._ready.move_to_end(shapes)
+                return self._ready[shapes]
+            if shapes in self._queue:
+                self._queue.remove(shapes)
+        return self._build(shapes)
+
+    def _build(self, shapes: Shapes) -> StaticVariant | None:
         started = time.perf_counter()
         try:
             compiled = self._compile(shapes)
@@ -132,15 +149,21 @@ class StaticVariants:
             logger.warning("OpenVINO %s: no static variant for %s: %s: %s", self.name, shapes, type(exc).__name__, exc)
             with self._lock:
                 self._failed[shapes] = f"{type(exc).__name__}: {exc}"
-            return
+                self._compiling = None if self._compiling == shapes else self._compiling
+                self._idle.notify_all()
+            return None
         logger.info("OpenVINO %s: static variant for %s compiled in %.1fs", self.name, shapes, variant.compile_seconds)
         with self._lock:
             self._ready[shapes] = variant
+            self._ready.move_to_end(shapes)
             self.compiled += 1
             self.compile_seconds.append(round(variant.compile_seconds, 2))
             while len(self._ready) > self.keep:  # a call running the evicted one holds its own reference
                 self._ready.popitem(last=False)
                 self.evicted += 1
+            self._compiling = None if self._compiling == shapes else self._compiling
+            self._idle.notify_all()
+        return variant
 
     def set_keep(self, keep: int) -> None:
         """Keep at most `keep` variants from now on (0: none; queued compiles are dropped)."""

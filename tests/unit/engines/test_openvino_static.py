@@ -55,44 +55,60 @@ def unet_inputs(ov_engine, batch: int, height: int, width: int, seed: int) -> tu
     return sample, np.asarray(500.0, dtype=np.float32), hidden
 
 
+def close(out: np.ndarray, reference: np.ndarray) -> bool:
+    return out.shape == reference.shape and bool(
+        np.abs(out - reference).max() <= F32_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+    )
+
+
 def test_alternating_sizes_each_get_their_own_size_and_the_dynamic_result(ov_engine, unet_xml):
     dynamic = network(unet_xml, keep=0)
     static = network(unet_xml, keep=2)
     a = unet_inputs(ov_engine, 2, 17, 25, seed=1)
     b = unet_inputs(ov_engine, 1, 24, 16, seed=2)
     expected = {id(a): dynamic(*a)[0], id(b): dynamic(*b)[0]}
-    assert dynamic.static is None
-    for inputs in (a, b):  # first sight of each shape: dynamic, and a compile is queued
-        static(*inputs)
-    assert static.static_calls == 0
-    assert static.static.wait(WAIT_S)
-    assert sorted(static.static.shapes) == sorted(tuple(x.shape for x in i) for i in (a, b))
-    for inputs in (a, b, a, b):
+    assert dynamic.static is None and dynamic.dynamic_calls == 2
+    for inputs in (a, b, a, b, a):
         (out,) = static(*inputs)
-        reference = expected[id(inputs)]
-        assert out.shape == reference.shape == inputs[0].shape
-        assert np.abs(out - reference).max() <= F32_TOLERANCE * max(1.0, float(np.abs(reference).max()))
-    assert static.static_calls == 4  # all four came from the static variants
+        assert out.shape == inputs[0].shape
+        assert close(out, expected[id(inputs)])
+    # The dynamic model never ran: each new shape's variant was compiled on its first call.
+    assert static.static_calls == 5 and static.dynamic_calls == 0
+    assert sorted(static.static.shapes) == sorted(tuple(x.shape for x in i) for i in (a, b))
     assert static.static.status()["compiled"] == 2
 
 
-def test_variants_are_bounded_least_recently_used_first_and_others_run_dynamic(ov_engine, unet_xml):
+def test_once_the_dynamic_model_ran_new_shapes_run_on_it_while_their_variant_compiles(ov_engine, unet_xml):
+    net = network(unet_xml, keep=2)
+    reference = network(unet_xml, keep=0)
+    a = unet_inputs(ov_engine, 2, 9, 13, seed=8)
+    b = unet_inputs(ov_engine, 2, 13, 9, seed=9)
+    net.static.set_keep(0)  # off for the first call: the dynamic model runs (and packs its weights)
+    net(*a)
+    net.static.set_keep(2)
+    (first_b,) = net(*b)  # dynamic again; b's variant compiles in the background
+    assert net.dynamic_calls == 2 and net.static_calls == 0
+    assert net.static.wait(WAIT_S)
+    (second_b,) = net(*b)
+    assert net.static_calls == 1 and net.static.shapes == [tuple(x.shape for x in b)]
+    expected = reference(*b)[0]
+    assert close(first_b, expected) and close(second_b, expected)
+
+
+def test_variants_are_bounded_least_recently_used_first(ov_engine, unet_xml):
     net = network(unet_xml, keep=1)
     a = unet_inputs(ov_engine, 2, 8, 8, seed=3)
     b = unet_inputs(ov_engine, 2, 8, 16, seed=4)
-    net(*a)
-    assert net.static.wait(WAIT_S)
     (from_a,) = net(*a)
-    assert net.static_calls == 1
     net(*b)
-    assert net.static.wait(WAIT_S)
     assert net.static.shapes == [tuple(x.shape for x in b)]  # a's variant was evicted
-    (again_a,) = net(*a)  # dynamic again, same values
-    assert net.static_calls == 1 and net.static.status()["evicted"] == 1
-    assert again_a.shape == from_a.shape
-    assert np.abs(again_a - from_a).max() <= F32_TOLERANCE * max(1.0, float(np.abs(from_a).max()))
+    (again_a,) = net(*a)  # compiled again, same values
+    assert net.static.status()["evicted"] == 2 and net.static.status()["compiled"] == 3
+    assert close(again_a, from_a)
     net.set_static_shapes(0)
     assert net.static.shapes == []
+    net(*a)
+    assert net.dynamic_calls == 1
 
 
 def test_off_means_no_static_variant_and_no_thread(ov_engine, unet_xml):
@@ -106,7 +122,16 @@ def test_off_means_no_static_variant_and_no_thread(ov_engine, unet_xml):
         net.set_static_shapes(-1)
 
 
-def test_a_failed_compile_leaves_the_dynamic_model_serving_and_is_not_retried():
+def test_a_failed_compile_leaves_the_dynamic_model_serving_and_is_not_retried(ov_engine, unet_xml):
+    net = network(unet_xml, keep=1)
+    net.static._compile = lambda shapes: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    inputs = unet_inputs(ov_engine, 1, 8, 8, seed=10)
+    (out,) = net(*inputs)
+    net(*inputs)
+    assert out.shape == inputs[0].shape and net.dynamic_calls == 2 and net.static_calls == 0
+
+
+def test_a_failed_background_compile_is_not_retried():
     attempts = []
 
     def failing(shapes):
@@ -119,6 +144,7 @@ def test_a_failed_compile_leaves_the_dynamic_model_serving_and_is_not_retried():
     assert variants.wait(WAIT_S)
     variants.want(shapes)
     assert variants.wait(WAIT_S)
+    assert variants.ensure(shapes) is None
     assert attempts == [shapes] and variants.get(shapes) is None
     assert "no memory for you" in next(iter(variants.status()["failed"].values()))
 
@@ -133,9 +159,7 @@ def test_concurrent_calls_of_two_sizes_while_compiling_get_their_own_results(ov_
     def run(index: int) -> None:
         for _ in range(3):
             (out,) = net(*cases[index])
-            if out.shape != expected[index].shape or np.abs(out - expected[index]).max() > F32_TOLERANCE * max(
-                1.0, float(np.abs(expected[index]).max())
-            ):
+            if not close(out, expected[index]):
                 errors.append(f"case {index}: wrong result")
 
     threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1, 0, 1)]
@@ -144,7 +168,7 @@ def test_concurrent_calls_of_two_sizes_while_compiling_get_their_own_results(ov_
     for thread in threads:
         thread.join()
     assert net.static.wait(WAIT_S)
-    assert errors == [] and net.calls == 12
+    assert errors == [] and net.calls == 12 and net.static_calls > 0
 
 
 def test_the_engine_renders_each_size_from_its_static_variant_like_the_dynamic_ir(ov_engine, unet_xml):
