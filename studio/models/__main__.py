@@ -4,6 +4,7 @@ prepare a model with its OpenVINO IR (for images whose cold start must never con
 python -m studio.models build-demo DIR [--inpaint]
 python -m studio.models build-demo-lora PATH.safetensors [--seed N]
 python -m studio.models build-demo-vae PATH.safetensors
+python -m studio.models build-demo-taesd [MODELS_DIR] [--a1111] [--decoder-only]
 python -m studio.models list [MODELS_DIR]
 python -m studio.models export-openvino MODEL DIR [--precision bf16|f32] [--models-dir DIR]
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from studio.config import Precision
 from studio.engine import ModelLoadError
 from studio.models.demo import build_demo
-from studio.models.demo_extras import build_demo_lora, build_demo_vae
+from studio.models.demo_extras import build_demo_lora, build_demo_taesd, build_demo_vae
 from studio.models.sources import discover_models
 
 
@@ -33,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     lora.add_argument("--seed", type=int, default=0, help="another seed gives another LoRA (default 0)")
     vae = commands.add_parser("build-demo-vae", help="write a VAE file (original layout) for the demo model")
     vae.add_argument("path", type=Path, help="the .safetensors (or .pt) file (e.g. models/VAE/demo.safetensors)")
+    taesd = commands.add_parser(
+        "build-demo-taesd", help="write a TAESD with random weights to MODELS_DIR/VAE-approx (real speed, noise)"
+    )
+    taesd.add_argument("models_dir", type=Path, nargs="?", default=Path("models"))
+    taesd.add_argument("--a1111", action="store_true", help="A1111's taesd_decoder/_encoder files, not a folder")
+    taesd.add_argument("--decoder-only", action="store_true", help="with --a1111: only taesd_decoder (as A1111)")
     listing = commands.add_parser("list", help="list the models found in a models folder")
     listing.add_argument("models_dir", type=Path, nargs="?", default=Path("models"))
     export = commands.add_parser(
@@ -73,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             print(build_demo_lora(args.path, seed=args.seed))
         elif args.command == "build-demo-vae":
             print(build_demo_vae(args.path))
+        elif args.command == "build-demo-taesd":
+            layout = "a1111" if args.a1111 else "folder"
+            print(build_demo_taesd(args.models_dir, layout=layout, encoder=not args.decoder_only))
         elif args.command == "export-openvino":
             _export_openvino(args)
         else:

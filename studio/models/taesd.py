@@ -49,6 +49,7 @@ class TaesdWeights:
     location: str  # the folder, the VAE-approx folder, or the hub id
     decoder: Path | None = None  # kind "files"
     encoder: Path | None = None  # kind "files"; None when only the decoder is there
+    hint: str = ""  # kind "hub": where to put the weights instead, for when the download fails
 
     def stamp(self) -> tuple[str, ...]:
         """What identifies these weights now (paths, sizes and mtimes): a changed file is loaded again."""
@@ -82,7 +83,7 @@ def find_taesd(models_dir: Path, family: str = "sd", *, offline: bool | None = N
     if cached is not None:
         return TaesdWeights("folder", str(Path(cached).parent))
     if not (hub_offline() if offline is None else offline):
-        return TaesdWeights("hub", hub_id)
+        return TaesdWeights("hub", hub_id, hint=missing_message(models_dir, family))
     return None
 
 
@@ -154,7 +155,8 @@ def load_taesd(weights: TaesdWeights, *, dtype: Any = None, device: str = "cpu")
     except ModelLoadError:
         raise
     except Exception as err:
-        raise ModelLoadError(f"TAESD from {weights.location}: {type(err).__name__}: {err}") from err
+        hint = f" — {weights.hint}" if weights.hint else ""
+        raise ModelLoadError(f"TAESD from {weights.location}: {type(err).__name__}: {err}{hint}") from err
     vae = vae.to(device=device, dtype=dtype) if dtype is not None else vae.to(device)
     logger.info("loaded TAESD from %s", weights.location)
     return vae.eval()

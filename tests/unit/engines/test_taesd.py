@@ -119,3 +119,27 @@ def test_taesd_runs_beside_the_openvino_unet(tmp_path: Path, folder_models: Path
     engine.load()
     result = engine.generate(REQUEST)
     assert result.images[0].size == (64, 64) and "VAE: Approx (TAESD)" in result.infotexts[0]
+
+
+def test_a_failed_hub_download_also_says_where_to_put_the_weights(tmp_path: Path, monkeypatch) -> None:
+    """Online (no HF_HUB_OFFLINE) but the hub cannot be reached: the error still says where the files go."""
+    from studio.models import taesd
+
+    weights = taesd.find_taesd(tmp_path, offline=False)
+    assert weights.kind == "hub" and weights.location == "madebyollin/taesd"
+
+    def unreachable(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr("diffusers.AutoencoderTiny.from_pretrained", unreachable)
+    with pytest.raises(taesd.ModelLoadError) as caught:
+        taesd.load_taesd(weights)
+    assert "couldn't connect" in str(caught.value) and str(tmp_path / "VAE-approx" / "taesd") in str(caught.value)
+
+
+def test_the_models_cli_writes_a_demo_taesd(tmp_path: Path, capsys) -> None:
+    from studio.models.__main__ import main as models_main
+
+    assert models_main(["build-demo-taesd", str(tmp_path), "--a1111", "--decoder-only"]) in (0, None)
+    found = find_taesd(tmp_path, offline=True)
+    assert found.kind == "files" and found.encoder is None and str(found.decoder) in capsys.readouterr().out
