@@ -40,7 +40,9 @@ def build(settings: EngineSettings) -> Engine:
             raise ModelLoadError(
                 f"the OpenVINO engine needs the openvino package: pip install openvino ({exc})"
             ) from exc
-        accelerator = OpenVINOAccelerator(settings.precision, settings.openvino_cache)
+        accelerator = OpenVINOAccelerator(
+            settings.precision, settings.openvino_cache, static_shapes=settings.openvino_static_shapes
+        )
     return LocalEngine(
         settings.model,
         models_dir=settings.models_dir,

@@ -38,7 +38,7 @@ import openvino as ov
 import torch
 from diffusers import DiffusionPipeline
 
-from studio.config import Device, Precision, cache_dir, parse_enum
+from studio.config import DEFAULT_OPENVINO_STATIC_SHAPES, Device, Precision, cache_dir, parse_enum
 from studio.engine import ModelLoadError
 from studio.engines.local import AcceleratorStatus
 from studio.engines.openvino_export import COMPONENTS, ExportManifest, manifest_for, read_manifest
@@ -59,8 +59,10 @@ from studio.engines.openvino_modules import (
     is_openvino_module,
     networks,
     release_weights,
+    set_static_shapes,
 )
-from studio.engines.openvino_warm import find_entry, ir_dirs_of, warm_key, write_entry
+from studio.engines.openvino_static import StaticSource
+from studio.engines.openvino_warm import find_entry, ir_dirs_of, warm_key, weightless_components, write_entry
 from studio.types import Task
 
 logger = logging.getLogger(__name__)
@@ -260,7 +262,9 @@ def _compile_ir(
     """Compile one IR file for the CPU and record it in `report` with where it came from."""
     started = time.perf_counter()
     try:
-        network = CompiledNetwork(name, core.compile_model(core.read_model(str(xml)), _DEVICE, config))
+        model = core.read_model(str(xml))  # kept for static-shape variants: its weights stay memory-mapped, shared
+        source = StaticSource(model, core, _DEVICE, config)
+        network = CompiledNetwork(name, core.compile_model(model, _DEVICE, config), source=source)
     except Exception as exc:
         raise ModelLoadError(f"OpenVINO could not compile the {name} ({xml}): {type(exc).__name__}: {exc}") from exc
     report.components.append(
@@ -361,8 +365,14 @@ class OpenVINOAccelerator:
     name = "OpenVINO"
     device = Device.CPU
 
-    def __init__(self, precision: Precision | str = Precision.BF16, cache: Path | str | None = None):
+    def __init__(
+        self,
+        precision: Precision | str = Precision.BF16,
+        cache: Path | str | None = None,
+        static_shapes: int = DEFAULT_OPENVINO_STATIC_SHAPES,
+    ):
         self.precision = parse_enum(Precision, "precision", precision)
+        self.static_shapes = static_shapes  # static-shape UNet variants kept (studio.engines.openvino_static)
         self.cache = Path(cache) if cache is not None else None
         self.report: OpenVINOReport | None = None
         self._prepared: OpenVINOReport | None = None  # set by load_pipeline, consumed by the next apply
@@ -440,9 +450,10 @@ class OpenVINOAccelerator:
         prepared, self._prepared = self._prepared, None
         if prepared is not None and not _modules_to_convert(pipelines.values()):
             self.report = prepared  # load_pipeline compiled every network already
-            return
-        report = apply_openvino(pipelines.values(), self.cache, self.precision)
-        self.report = prepared.merge(report) if prepared is not None else report  # e.g. a separate inpaint model
+        else:
+            report = apply_openvino(pipelines.values(), self.cache, self.precision)
+            self.report = prepared.merge(report) if prepared is not None else report  # e.g. a separate inpaint model
+        set_static_shapes(pipelines.values(), self.static_shapes)
 
     def status(self) -> AcceleratorStatus:
         report = self.report
@@ -454,31 +465,6 @@ class OpenVINOAccelerator:
         if report.warnings:
             details["openvino"] = "; ".join(report.warnings)
         return AcceleratorStatus(dtype=report.precision, details=details)
-
-
-def _weightless(module: torch.nn.Module) -> torch.nn.Module:
-    """`module` (built on the meta device) with empty CPU tensors for every parameter and buffer: the state
-    `release_weights` leaves after a conversion (dtype, device and config readable; the calls go to OpenVINO)."""
-    for sub in module.modules():
-        for name, param in list(sub._parameters.items()):
-            if param is not None:
-                sub._parameters[name] = torch.nn.Parameter(torch.empty(0, dtype=param.dtype), requires_grad=False)
-        for name, buffer in list(sub._buffers.items()):
-            if buffer is not None:
-                sub._buffers[name] = torch.empty(0, dtype=buffer.dtype)
-    return module.eval()
-
-
-def _weightless_components(folder: Path) -> dict[str, torch.nn.Module]:
-    """The UNet, text encoder and VAE of the diffusers folder `folder`, from their configs only."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
-    return {"unet": _weightless(unet), "text_encoder": _weightless(text_encoder), "vae": _weightless(vae)}
 
 
 def _stale_components(manifest: Any) -> list[str]:
@@ -517,7 +503,7 @@ def load_prepared_pipeline(
     core = core or ov.Core()
     report, config = _new_report(precision, manifest.folder / "openvino", core)
     try:
-        modules = _weightless_components(manifest.folder)
+        modules = weightless_components(manifest.folder)
         index = json.loads((manifest.folder / "model_index.json").read_text())
         scheduler_class = getattr(diffusers, index["scheduler"][1])
         scheduler = scheduler_class.from_pretrained(manifest.folder / "scheduler")

@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from studio.engines.openvino_export import (
     COMPONENTS,
     MANIFEST,
@@ -176,6 +178,31 @@ def ir_dirs_of(components: Iterable[Any], names: Iterable[str]) -> dict[str, Pat
         if component.name in wanted and component.name not in found:
             found[component.name] = Path(component.ir_dir)
     return found
+
+
+def _weightless(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` (built on the meta device) with empty CPU tensors for every parameter and buffer: the state
+    `release_weights` leaves after a conversion (dtype, device and config readable; the calls go to OpenVINO)."""
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is not None:
+                sub._parameters[name] = torch.nn.Parameter(torch.empty(0, dtype=param.dtype), requires_grad=False)
+        for name, buffer in list(sub._buffers.items()):
+            if buffer is not None:
+                sub._buffers[name] = torch.empty(0, dtype=buffer.dtype)
+    return module.eval()
+
+
+def weightless_components(folder: Path) -> dict[str, torch.nn.Module]:
+    """The UNet, text encoder and VAE of the diffusers folder `folder`, from their configs only."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+    return {"unet": _weightless(unet), "text_encoder": _weightless(text_encoder), "vae": _weightless(vae)}
 
 
 def _now() -> str:

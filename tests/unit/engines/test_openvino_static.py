@@ -207,3 +207,23 @@ def test_the_setting_has_a_flag_and_a_variable_and_refuses_negative_counts():
     assert load_settings([], environ={"STUDIO_OPENVINO_STATIC_SHAPES": "0"}).engine.openvino_static_shapes == 0
     with pytest.raises(ConfigError, match="--openvino-static-shapes"):
         EngineSettings(openvino_static_shapes=-1).validate()
+
+
+@pytest.mark.parametrize("keep", [0, 1])
+def test_the_engine_built_from_settings_uses_the_static_shapes_setting(tmp_path, keep):
+    """studio.engines.build passes --openvino-static-shapes to the accelerator: by default (1) every image's UNet
+    steps run on the static variant of its shape; 0 keeps the dynamic IR only. Either way the image has its size."""
+    from studio.engines.openvino_modules import networks
+    from studio.types import GenerationRequest
+
+    settings = EngineSettings(
+        model="demo", kind="openvino", precision="f32", openvino_cache=tmp_path, openvino_static_shapes=keep
+    )
+    engine = engines.build(settings)
+    engine.load()
+    for width in (64, 72):
+        request = GenerationRequest(prompt="a boat", width=width, height=64, steps=2, seed=3)
+        assert engine.generate(request).images[0].size == (width, 64)
+    unet = networks(engine.pipelines[Task.TXT2IMG].unet)["unet"]
+    assert (unet.static_calls > 0) is (keep > 0) and unet.calls == 4
+    assert unet.dynamic_calls == (4 if keep == 0 else 0)
