@@ -109,6 +109,18 @@ def ratio_summary(numerator: list[float], denominator: list[float]) -> dict[str,
     }
 
 
+def speedup_fields(slow: list[float], fast: list[float], name: str = "speedup") -> dict[str, float]:
+    """`ratio_summary(slow, fast)` as speedup fields: `<name>`, `<name>_of_medians` and the per-round spread
+    `round_speedup_min` / `round_speedup_max`."""
+    ratios = ratio_summary(slow, fast)
+    return {
+        name: ratios["ratio"],
+        f"{name}_of_medians": ratios["ratio_of_medians"],
+        "round_speedup_min": ratios["round_ratio_min"],
+        "round_speedup_max": ratios["round_ratio_max"],
+    }
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Memory (Linux /proc; the benchmark targets Linux hosts and containers)
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.core import RESULT_PREFIX, Stats, interleave, peak_rss_mb, ratio_summary, reset_peak_rss, rss_mb, timed
+from bench.core import RESULT_PREFIX, Stats, interleave, peak_rss_mb, reset_peak_rss, rss_mb, speedup_fields, timed
 
 
 def _rss_anon_mb() -> float | None:
@@ -92,15 +92,11 @@ def _compare(network: Any, inputs: tuple[Any, ...], rounds: int) -> dict[str, An
     times = interleave(
         {"dynamic": lambda: _dynamic_call(network, inputs), "static": lambda: network(*inputs)}, rounds, warmup=0
     )
-    ratios = ratio_summary(times["dynamic"], times["static"])
     diff = np.abs(static_out - dynamic_out)
     return {
         "dynamic_step_s": Stats.of(times["dynamic"]).as_dict(),
         "static_step_s": Stats.of(times["static"]).as_dict(),
-        "static_speedup": ratios["ratio"],
-        "static_speedup_of_medians": ratios["ratio_of_medians"],
-        "round_speedup_min": ratios["round_ratio_min"],
-        "round_speedup_max": ratios["round_ratio_max"],
+        **speedup_fields(times["dynamic"], times["static"], "static_speedup"),
         "static_compile_s": network.static.status()["compile_seconds"][0],
         "dynamic_first_call_s": round(first_s, 2),
         "static_first_call_s": round(static_first_s, 2),

@@ -53,6 +53,7 @@ class Profile:
     previews: tuple[str, int, int, int] = ("demo", 256, 10, 8)  # live previews on/off: (model, size, steps, rounds)
     # sd15 load + first image, each in a fresh process: (size, steps, also a cold conversion?); None: not measured
     openvino_memory: tuple[int, int, bool] | None = None
+    openvino_static: tuple[int, int] | None = None  # dynamic vs static-shape UNet step: (size, rounds); None: not run
     drafts_decode: tuple[str, int, int] = ("sd15", 256, 2)  # VAE decode per VAE: (model, size, interleaved rounds)
     drafts_lcm: tuple[str, int] | None = None  # a 4-step LCM image on OpenVINO: (model, size); None: not measured
     worker_timeout: float = 1800.0
@@ -120,6 +121,7 @@ FULL = Profile(
     openvino_accuracy=True,
     a1111=("sd15", 256, 4, 3),
     openvino_memory=(512, 2, True),
+    openvino_static=(512, 3),
     drafts_decode=("sd15", 512, 3),
     drafts_lcm=("sd15", 512),
     lora_rss=("sd15", 128, 1, 50),
@@ -313,6 +315,9 @@ def openvino(ctx: Context) -> dict[str, Any]:
     speed.update(peak_fraction(speed, ctx.hardware()))
     speed.update(end_to_end_costs(speed))
     speed.update(openvino_memory(ctx))
+    if p.openvino_static is not None:
+        size, rounds = p.openvino_static
+        speed["static"] = ctx.worker("openvino_static", model="sd15", size=size, rounds=rounds, precision="bf16")
     if not p.openvino_accuracy:
         return speed
     accuracy = ctx.worker("openvino_accuracy", precisions=["f32", "bf16"], size=256, steps=10)

@@ -28,6 +28,7 @@ from bench.core import (
     ratio_summary,
     reset_peak_rss,
     rss_mb,
+    speedup_fields,
     timed,
 )
 from bench.models import ensure_single_file, model_spec
@@ -437,14 +438,10 @@ def openvino_speed(
         times = interleave(
             {"torch": lambda: step(torch_unet), "openvino": lambda: step(ov_unet)}, rounds=rounds, warmup=0
         )
-        ratios = ratio_summary(times["torch"], times["openvino"])
         per_size[str(size)] = {
             "torch_step_s": Stats.of(times["torch"]).as_dict(),
             "openvino_step_s": Stats.of(times["openvino"]).as_dict(),
-            "speedup": ratios["ratio"],
-            "speedup_of_medians": ratios["ratio_of_medians"],
-            "round_speedup_min": ratios["round_ratio_min"],
-            "round_speedup_max": ratios["round_ratio_max"],
+            **speedup_fields(times["torch"], times["openvino"]),
             "unet_max_abs_diff": round(float(diff.max()), 5),
             "unet_rel_mean_diff": round(float(diff.mean() / reference.abs().mean()), 5),
         }
@@ -509,6 +506,7 @@ from bench.dlc import dlc_cold_start  # noqa: E402
 from bench.drafts import lcm_image, vae_decode  # noqa: E402
 from bench.hardware import hardware  # noqa: E402
 from bench.lambda_ import lambda_cold_start  # noqa: E402
+from bench.openvino_static import openvino_static  # noqa: E402
 from bench.ray_ import ray_serve  # noqa: E402
 
 TASKS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -526,6 +524,7 @@ TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     "ray_serve": ray_serve,
     "dlc_cold_start": dlc_cold_start,
     "vae_decode": vae_decode,
+    "openvino_static": openvino_static,
     "lcm_image": lcm_image,
 }
 
