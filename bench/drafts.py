@@ -49,7 +49,7 @@ def vae_decode(model: str, size: int, rounds: int) -> dict[str, Any]:
     times = interleave({name: (lambda v=vae: decode(v)) for name, vae in vaes.items()}, rounds=rounds, warmup=1)
     out: dict[str, Any] = {"model": model, "size": size, "rounds": rounds}
     for name in vaes:
-        out[f"{name}_s"] = Stats.of(times[name]).as_dict(4)
+        out[f"{name}_s"] = Stats.of(times[name]).as_dict(digits=4)
     for name in ("openvino", "taesd"):
         summary = ratio_summary(times["torch"], times[name])
         out[f"{name}_speedup"] = summary["ratio"]
