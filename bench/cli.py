@@ -199,6 +199,10 @@ def table(results: dict[str, Any]) -> str:
         met = {True: "met", False: "NOT MET", None: "-"}[entry["met"]]
         extra = spread.get(goal.field, lambda r: "")(results) or ""
         rows.append((goal.field, _fmt(entry["value"]), goal.text, met, extra))
+    budget = goals.get("total_seconds")
+    if budget is not None:
+        met = {True: "met", False: "NOT MET", None: "-"}[budget["met"]]
+        rows.append(("total_seconds", _fmt(budget["value"]), budget["goal"], met, "this run, warm caches"))
     for label, path, unit in (
         ("engine_vs_raw: interleaved pairs", "engine_vs_raw.cases.0.ratio_interleaved", ""),
         ("engine_vs_raw: own time outside call", "engine_vs_raw.cases.0.engine_outside_pipeline_ms.median", " ms"),
