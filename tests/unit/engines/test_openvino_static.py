@@ -210,14 +210,18 @@ def test_the_setting_has_a_flag_and_a_variable_and_refuses_negative_counts():
 
 
 @pytest.mark.parametrize("keep", [0, 1])
-def test_the_engine_built_from_settings_uses_the_static_shapes_setting(tmp_path, keep):
+def test_the_engine_built_from_settings_uses_the_static_shapes_setting(ov_engine, keep):
     """studio.engines.build passes --openvino-static-shapes to the accelerator: by default (1) every image's UNet
     steps run on the static variant of its shape; 0 keeps the dynamic IR only. Either way the image has its size."""
     from studio.engines.openvino_modules import networks
     from studio.types import GenerationRequest
 
     settings = EngineSettings(
-        model="demo", kind="openvino", precision="f32", openvino_cache=tmp_path, openvino_static_shapes=keep
+        model="demo",
+        kind="openvino",
+        precision="f32",
+        openvino_cache=ov_engine.accelerator.cache,  # warm: the module's engine converted the demo there
+        openvino_static_shapes=keep,
     )
     engine = engines.build(settings)
     engine.load()
