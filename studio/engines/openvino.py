@@ -396,7 +396,8 @@ class OpenVINOAccelerator:
                 return None
             pipe, self._prepared = load_prepared_pipeline(location, self.precision)
             return pipe
-        return self._load_warm(source) or self._load_and_convert(source, device, dtype)
+        key = self._warm_key(source)  # None: no local files yet (a hub model not in the local cache)
+        return self._load_warm(source, key) or self._load_and_convert(source, key, device, dtype)
 
     def _cache_dir(self) -> Path:
         return self.cache if self.cache is not None else default_cache_dir()
@@ -404,8 +405,7 @@ class OpenVINOAccelerator:
     def _warm_key(self, source: Any) -> str | None:
         return warm_key(source, weight_format(self.precision.value), ov.get_version())
 
-    def _load_warm(self, source: Any) -> DiffusionPipeline | None:
-        key = self._warm_key(source)
+    def _load_warm(self, source: Any, key: str | None) -> DiffusionPipeline | None:
         entry = find_entry(self._cache_dir(), key) if key is not None else None
         if entry is None:
             return None
@@ -416,12 +416,12 @@ class OpenVINOAccelerator:
             return None
         return pipe
 
-    def _load_and_convert(self, source: Any, device: str, dtype: torch.dtype) -> DiffusionPipeline:
+    def _load_and_convert(self, source: Any, key: str | None, device: str, dtype: torch.dtype) -> DiffusionPipeline:
         from studio import models  # looked up on the module: the bench counts weight loads by patching it
 
         pipe = models.load_pipeline(source, device=device, dtype=dtype)
         report = apply_openvino([pipe], self.cache, self.precision)
-        key = self._warm_key(source)  # after the load: a hub model is in the local cache now
+        key = key or self._warm_key(source)  # after the load a hub model is in the local cache
         if key is not None:
             try:
                 write_entry(

@@ -72,6 +72,21 @@ class ExportManifest:
         data.pop("folder")
         return json.dumps(data, indent=1)
 
+    def add_ir(self, staging: Path, name: str, module: str, ir_dir: Path) -> None:
+        """Copy (hard-link) the IR folder `ir_dir` of network `name` into the export being written at `staging`
+        and record it, with the digests of the `module` folder's config and weights already written there."""
+        relative = Path("openvino") / ir_dir.name
+        link_or_copy_tree(ir_dir, staging / relative)
+        self.components.append(
+            PreparedComponent(
+                name=name,
+                module=module,
+                ir_dir=relative.as_posix(),
+                config_sha256=sha256_file(staging / module / "config.json"),
+                weights_digest=weights_digest(staging / module),
+            )
+        )
+
     def ir_files(self, module: str, *, verify_weights: bool = True) -> dict[str, Path]:
         """{network name: model.xml} for the pipeline attribute `module` ("unet", "text_encoder", "vae"), or {} when
         the export has none or the folder no longer matches what was exported (logged)."""
@@ -216,17 +231,7 @@ def export_openvino(
             for spec in SPECS[attr](module):
                 xml, hit, seconds = ir_path(spec, module, fingerprint, cache, precision.value, version)
                 logger.info("%s IR %s (%.0fs)", spec.name, "from the cache" if hit else "converted", seconds)
-                relative = Path("openvino") / xml.parent.name
-                link_or_copy_tree(xml.parent, tmp / relative)
-                manifest.components.append(
-                    PreparedComponent(
-                        name=spec.name,
-                        module=attr,
-                        ir_dir=relative.as_posix(),
-                        config_sha256=sha256_file(tmp / attr / "config.json"),
-                        weights_digest=weights_digest(tmp / attr),
-                    )
-                )
+                manifest.add_ir(tmp, spec.name, attr, xml.parent)
         unet_weights = sorted(p for p in (tmp / "unet").iterdir() if p.suffix in _WEIGHT_SUFFIXES)
         manifest.model_hash = sha256_files(unet_weights)[:10] if unet_weights else ""
         (tmp / MANIFEST).write_text(manifest.as_json())

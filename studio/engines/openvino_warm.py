@@ -30,12 +30,8 @@ from studio.engines.openvino_export import (
     COMPONENTS,
     MANIFEST,
     ExportManifest,
-    PreparedComponent,
-    link_or_copy_tree,
     read_manifest,
     sampled_digest,
-    sha256_file,
-    weights_digest,
 )
 from studio.fs import file_lock, staged_dir
 
@@ -154,17 +150,7 @@ def write_entry(
                 created=_now(),
             )
             for name, module in COMPONENTS.items():
-                relative = Path("openvino") / ir_dirs[name].name
-                link_or_copy_tree(ir_dirs[name], tmp / relative)
-                manifest.components.append(
-                    PreparedComponent(
-                        name=name,
-                        module=module,
-                        ir_dir=relative.as_posix(),
-                        config_sha256=sha256_file(tmp / module / "config.json"),
-                        weights_digest=weights_digest(tmp / module),
-                    )
-                )
+                manifest.add_ir(tmp, name, module, ir_dirs[name])
             (tmp / MANIFEST).write_text(manifest.as_json())
             (tmp / "warm.json").write_text(json.dumps({"key": key, "format": WARM_FORMAT, "source": source_name}))
     logger.info("wrote the warm OpenVINO entry of %s: %s", source_name, folder)
