@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, help="cap every repetition count (smoke runs; figures get noisier)")
     parser.add_argument("--list", action="store_true", help="list the sections and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="show worker logs")
+    parser.add_argument(
+        "--fresh-workers",
+        action="store_true",
+        help="start a new interpreter per worker (default: fork each from one that imported torch and diffusers)",
+    )
     return parser
 
 
@@ -74,7 +79,13 @@ def missing_package(exc: BaseException) -> str | None:
 
 
 def run(
-    selected: list[str], *, quick: bool, verbose: bool = False, rounds: int | None = None, explicit: bool = False
+    selected: list[str],
+    *,
+    quick: bool,
+    verbose: bool = False,
+    rounds: int | None = None,
+    explicit: bool = False,
+    fresh_workers: bool = False,
 ) -> dict[str, Any]:
     """Run `selected` sections and return the complete result dict (not yet written). `explicit`: the sections
     were named with --only, so the profile's full-only sections run too."""
@@ -87,10 +98,11 @@ def run(
         "mode": profile.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "selected": selected,
+        "workers": "fresh interpreters" if fresh_workers else "forked from bench.zygote",
         "machine": machine_info(),
         "sections": {},
     }
-    ctx = Context(profile=profile, verbose=verbose)
+    ctx = Context(profile=profile, verbose=verbose, fresh_workers=fresh_workers)
     try:
         for name in selected:
             section_started = time.perf_counter()
@@ -285,7 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     if not selected:
         print("no sections selected", file=sys.stderr)
         return 2
-    results = run(selected, quick=args.quick, verbose=args.verbose, rounds=args.rounds, explicit=bool(args.only))
+    results = run(
+        selected,
+        quick=args.quick,
+        verbose=args.verbose,
+        rounds=args.rounds,
+        explicit=bool(args.only),
+        fresh_workers=args.fresh_workers,
+    )
     latest, stamped = write(results, args.out)
     print(table(results))
     print(f"results: {latest} (and {stamped.name})")

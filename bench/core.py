@@ -13,6 +13,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -352,20 +353,29 @@ class WorkerError(RuntimeError):
     """A worker process failed; the message carries the tail of its log."""
 
 
-def run_worker(task: str, args: dict[str, Any], *, timeout: float, verbose: bool = False) -> dict[str, Any]:
-    """Run `python -m bench.workers TASK ARGS_JSON` in a fresh process and return its JSON result.
+def worker_env() -> dict[str, str]:
+    """The environment of worker processes: ours, with the repository on PYTHONPATH."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
-    A fresh process gives clean peak-RSS numbers and releases multi-GB models when it exits. Its log goes to
+
+def run_worker(
+    task: str, args: dict[str, Any], *, timeout: float, verbose: bool = False, zygote: Any = None
+) -> dict[str, Any]:
+    """Run worker `task` in its own process and return its JSON result: a child forked from `zygote` (a
+    bench.zygote.Zygote: the imports already done), or without one a fresh `python -m bench.workers TASK ARGS_JSON`.
+
+    Its own process gives clean peak-RSS numbers and releases multi-GB models when it exits. Its log goes to
     our stderr with `verbose`, else it is kept and shown only when the worker fails.
     """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "bench.workers", task, json.dumps(args)]
     logger.info("worker %s %s", task, json.dumps(args))
+    if zygote is not None:
+        return _run_forked(zygote, task, args, timeout=timeout, verbose=verbose)
+    command = [sys.executable, "-m", "bench.workers", task, json.dumps(args)]
     try:
         proc = subprocess.run(
             command,
             cwd=REPO,
-            env=env,
+            env=worker_env(),
             stdout=subprocess.PIPE,
             stderr=None if verbose else subprocess.PIPE,
             text=True,
@@ -375,10 +385,28 @@ def run_worker(task: str, args: dict[str, Any], *, timeout: float, verbose: bool
     except subprocess.TimeoutExpired as exc:
         tail = (exc.stderr or "")[-3000:] if isinstance(exc.stderr, str) else ""
         raise WorkerError(f"worker {task} timed out after {timeout:.0f}s\n{tail}") from None
-    for line in reversed(proc.stdout.splitlines()):
+    return _worker_result(task, proc.returncode, proc.stdout, proc.stderr or "")
+
+
+def _run_forked(zygote: Any, task: str, args: dict[str, Any], *, timeout: float, verbose: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
+        out, err = Path(tmp) / "stdout", None if verbose else Path(tmp) / "stderr"
+
+        def text(path: Path | None) -> str:
+            return path.read_text(errors="replace") if path is not None and path.is_file() else ""
+
+        try:
+            code = zygote.run(task, args, out, err, timeout)
+        except TimeoutError:
+            raise WorkerError(f"worker {task} timed out after {timeout:.0f}s\n{text(err)[-3000:]}") from None
+        return _worker_result(task, code, text(out), text(err))
+
+
+def _worker_result(task: str, code: int, stdout: str, stderr: str) -> dict[str, Any]:
+    for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             payload = json.loads(line[len(RESULT_PREFIX) :])
-            if proc.returncode == 0 and "error" not in payload:
+            if code == 0 and "error" not in payload:
                 return payload
-            raise WorkerError(f"worker {task}: {payload.get('error')}\n{(proc.stderr or '')[-3000:]}")
-    raise WorkerError(f"worker {task} exited with {proc.returncode} and no result\n{(proc.stderr or '')[-3000:]}")
+            raise WorkerError(f"worker {task}: {payload.get('error')}\n{stderr[-3000:]}")
+    raise WorkerError(f"worker {task} exited with {code} and no result\n{stderr[-3000:]}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.core import Stats, interleave, percentile, run_worker, timed
+from bench.core import REPO, Stats, interleave, percentile, run_worker, timed, worker_env
 from bench.dlc import dlc_section
 from bench.lambda_ import lambda_section
 from bench.ray_ import ray_serve_section
@@ -141,12 +141,28 @@ class Context:
 
     profile: Profile
     verbose: bool = False
+    fresh_workers: bool = False  # a new interpreter per worker instead of a fork of the zygote (bench.zygote)
     _serving: Any = None
+    _zygote: Any = None
     _hardware: dict[str, Any] | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     def worker(self, task: str, **args: Any) -> dict[str, Any]:
-        return run_worker(task, args, timeout=self.profile.worker_timeout, verbose=self.verbose)
+        timeout = self.profile.worker_timeout
+        return run_worker(task, args, timeout=timeout, verbose=self.verbose, zygote=self.zygote())
+
+    def zygote(self) -> Any:
+        """The run's bench.zygote process (started on first use, stopped by close()); None with fresh_workers."""
+        if self.fresh_workers:
+            return None
+        if self._zygote is None:
+            from bench.zygote import Zygote
+
+            started = time.perf_counter()
+            self._zygote = Zygote(worker_env(), REPO, verbose=self.verbose)
+            self._closers.append(self._zygote.close)
+            logger.info("worker zygote ready in %.1fs", time.perf_counter() - started)
+        return self._zygote
 
     def serving(self) -> Any:
         """A real `python -m studio.serving --model demo` process on 127.0.0.1 (started once, stopped by close())."""

@@ -107,6 +107,59 @@ def test_quick_run_of_a_fast_subset_writes_the_contract_json(tmp_path):
     assert data["sections"] == {name: data["sections"][name] for name in ("engine_vs_raw", "task_switch")}
     assert all(s["status"] == "ok" for s in data["sections"].values())
     assert "engine_vs_raw.ratio" in proc.stdout  # the printed table
+    assert data["workers"] == "forked from bench.zygote"
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    from bench.core import worker_env
+    from bench.zygote import Zygote
+
+    instance = Zygote(worker_env(), REPO)
+    yield instance
+    instance.close()
+
+
+@pytest.mark.slow
+def test_a_forked_worker_reports_its_result_errors_and_timeouts_and_the_zygote_survives_them(zygote):
+    from bench.core import WorkerError, rss_mb, run_worker
+
+    with pytest.raises(WorkerError, match="unexpected keyword argument 'bogus'"):
+        run_worker("load_time", {"model": "demo", "rounds": 1, "bogus": 1}, timeout=120, zygote=zygote)
+    with pytest.raises(WorkerError, match="timed out after 1s"):
+        run_worker("hardware", {"sizes": [256]}, timeout=1, zygote=zygote)
+    result = run_worker("peak_rss", {"model": "demo", "engine": "torch", "size": 64, "steps": 1}, timeout=120,
+                        zygote=zygote)  # fmt: skip
+    assert result["model"] == "demo" and result["peak_rss_mb"] >= result["rss_after_import_mb"] > 0
+    # The child's RSS starts at the zygote's (its file-backed pages faulted in), as a fresh worker's would after the
+    # same imports: not ~100 MB lower, which forked children without fault_in_like show.
+    zygote_rss = rss_mb(zygote.pid)
+    assert zygote_rss is not None and result["rss_after_import_mb"] >= 0.97 * zygote_rss
+
+
+def test_fault_in_like_touches_the_file_pages_a_fork_leaves_out():
+    import torch  # noqa: F401  (hundreds of MB of library pages, as in the zygote)
+
+    from bench.core import rss_mb
+    from bench.zygote import fault_in_like
+
+    parent = os.getpid()
+    before_read, before_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report RSS before and after, then leave without running the test process's cleanup
+        try:
+            before = rss_mb()
+            touched = fault_in_like(parent)
+            os.write(before_write, json.dumps([before, touched, rss_mb()]).encode())
+        finally:
+            os._exit(0)
+    os.close(before_write)
+    before, touched, after = json.loads(os.read(before_read, 4096))
+    os.waitpid(pid, 0)
+    ours = rss_mb()
+    assert touched > 1000  # pages of the libraries this process imported (torch alone is hundreds of MB)
+    assert before < 0.9 * ours  # without it, a forked worker's figures would start this much lower
+    assert after >= 0.97 * ours
 
 
 def test_a_section_whose_extra_is_missing_is_skipped_naming_the_package(monkeypatch):
