@@ -61,6 +61,7 @@ from studio.engines.openvino_modules import (
     release_weights,
     set_static_shapes,
 )
+from studio.engines.openvino_pages import MAPPED_WEIGHTS
 from studio.engines.openvino_static import StaticSource
 from studio.engines.openvino_warm import find_entry, ir_dirs_of, warm_key, weightless_components, write_entry
 from studio.types import Task
@@ -262,9 +263,11 @@ def _compile_ir(
     """Compile one IR file for the CPU and record it in `report` with where it came from."""
     started = time.perf_counter()
     try:
+        MAPPED_WEIGHTS.add(xml.with_suffix(".bin"))
         model = core.read_model(str(xml))  # kept for static-shape variants: its weights stay memory-mapped, shared
         source = StaticSource(model, core, _DEVICE, config)
-        network = CompiledNetwork(name, core.compile_model(model, _DEVICE, config), source=source)
+        with MAPPED_WEIGHTS.packing():
+            network = CompiledNetwork(name, core.compile_model(model, _DEVICE, config), source=source)
     except Exception as exc:
         raise ModelLoadError(f"OpenVINO could not compile the {name} ({xml}): {type(exc).__name__}: {exc}") from exc
     report.components.append(

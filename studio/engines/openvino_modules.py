@@ -25,6 +25,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from studio.config import DEFAULT_OPENVINO_STATIC_SHAPES
 from studio.engine import EngineError
+from studio.engines.openvino_pages import MAPPED_WEIGHTS
 from studio.engines.openvino_static import STATIC_NETWORKS, StaticSource, StaticVariant, StaticVariants
 
 _MARK = "_studio_openvino"  # attribute set on modules whose calls were redirected to OpenVINO
@@ -93,7 +94,12 @@ class CompiledNetwork:
         variant = self._static_variant(shapes) if static is not None else None
         with self.lock:
             request = self.request if variant is None else variant.request
-            request.infer(inputs)
+            first = (self.dynamic_calls if variant is None else variant.calls) == 0
+            if first:  # the plugin packs its weights now: keep the IR's mapped pages out of RSS meanwhile
+                with MAPPED_WEIGHTS.packing():
+                    request.infer(inputs)
+            else:
+                request.infer(inputs)
             count = len(self.compiled.outputs)
             outputs = [np.array(request.get_output_tensor(i).data, copy=True) for i in range(count)]
             self.calls += 1

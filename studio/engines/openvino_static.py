@@ -28,6 +28,8 @@ from typing import Any
 
 import openvino as ov
 
+from studio.engines.openvino_pages import MAPPED_WEIGHTS
+
 logger = logging.getLogger(__name__)
 
 Shapes = tuple[tuple[int, ...], ...]  # the full shape of every input of one call, in input order
@@ -143,7 +145,8 @@ class StaticVariants:
     def _build(self, shapes: Shapes) -> StaticVariant | None:
         started = time.perf_counter()
         try:
-            compiled = self._compile(shapes)
+            with MAPPED_WEIGHTS.packing():  # a static compile packs the weights
+                compiled = self._compile(shapes)
             variant = StaticVariant(shapes, compiled, compiled.create_infer_request(), time.perf_counter() - started)
         except Exception as exc:  # the dynamic model keeps serving this shape
             logger.warning("OpenVINO %s: no static variant for %s: %s: %s", self.name, shapes, type(exc).__name__, exc)
