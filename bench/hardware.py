@@ -2,8 +2,8 @@
 
 - `machine_peak` (a worker, so its threads are the engine's: torch's and OpenVINO's defaults in a fresh process):
   a 4096² matmul in bf16 through torch and through OpenVINO (and f32 through torch, for reference); the best of
-  five runs after a warm-up. `bf16_matmul_tflops` is the better of the two libraries: what this CPU can do on
-  these threads.
+  five runs (quick: three) after a warm-up. `bf16_matmul_tflops` is the better of the two libraries: what this CPU
+  can do on these threads.
 - `unet_tflop`: FLOPs of one guided SD 1.5 UNet step (batch 2: conditional + unconditional) counted by
   torch.utils.flop_counter.FlopCounterMode on the meta device, from the shipped config (studio/configs/sd-v1): no
   weights, no compute, exact for the architecture. A multiply-add counts as 2 FLOPs.
@@ -29,15 +29,15 @@ def _best_seconds(run: Any, repeats: int = 5) -> float:
     return best
 
 
-def _torch_matmul(dtype_name: str, side: int) -> float:
+def _torch_matmul(dtype_name: str, side: int, repeats: int = 5) -> float:
     import torch
 
     dtype = getattr(torch, dtype_name)
     a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
-    return 2 * side**3 / _best_seconds(lambda: torch.matmul(a, b)) / 1e12
+    return 2 * side**3 / _best_seconds(lambda: torch.matmul(a, b), repeats) / 1e12
 
 
-def _openvino_matmul(hint: str, side: int) -> float | None:
+def _openvino_matmul(hint: str, side: int, repeats: int = 5) -> float | None:
     try:
         import numpy as np
         import openvino as ov
@@ -50,17 +50,17 @@ def _openvino_matmul(hint: str, side: int) -> float | None:
     model = ov.Model([ops.matmul(left, right, False, False)], [left])
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
     request, x = compiled.create_infer_request(), rng.standard_normal((side, side), dtype=np.float32)
-    return 2 * side**3 / _best_seconds(lambda: request.infer([x])) / 1e12
+    return 2 * side**3 / _best_seconds(lambda: request.infer([x]), repeats) / 1e12
 
 
-def machine_peak(side: int = MATMUL_SIDE) -> dict[str, Any]:
-    """The bf16 (and f32) matmul TFLOPS of this machine on the engine's threads."""
+def machine_peak(side: int = MATMUL_SIDE, repeats: int = 5) -> dict[str, Any]:
+    """The bf16 (and f32) matmul TFLOPS of this machine on the engine's threads (best of `repeats` runs each)."""
     import torch
 
-    out: dict[str, Any] = {"matmul_side": side, "torch_threads": torch.get_num_threads()}
-    out["torch_bf16_tflops"] = round(_torch_matmul("bfloat16", side), 4)
-    out["torch_f32_tflops"] = round(_torch_matmul("float32", side), 4)
-    ov_bf16 = _openvino_matmul("bf16", side)
+    out: dict[str, Any] = {"matmul_side": side, "matmul_repeats": repeats, "torch_threads": torch.get_num_threads()}
+    out["torch_bf16_tflops"] = round(_torch_matmul("bfloat16", side, repeats), 4)
+    out["torch_f32_tflops"] = round(_torch_matmul("float32", side, repeats), 4)
+    ov_bf16 = _openvino_matmul("bf16", side, repeats)
     out["openvino_bf16_tflops"] = round(ov_bf16, 4) if ov_bf16 is not None else None
     out["bf16_matmul_tflops"] = max(v for v in (out["torch_bf16_tflops"], out["openvino_bf16_tflops"]) if v)
     return out
@@ -86,6 +86,6 @@ def unet_tflop(sizes: list[int], batch: int = 2) -> dict[str, float]:
     return out
 
 
-def hardware(sizes: list[int]) -> dict[str, Any]:
+def hardware(sizes: list[int], repeats: int = 5) -> dict[str, Any]:
     """The worker task: the machine's peak and the UNet's TFLOP per guided step at `sizes`."""
-    return {**machine_peak(), "unet_tflop": unet_tflop(sizes)}
+    return {**machine_peak(repeats=repeats), "unet_tflop": unet_tflop(sizes)}

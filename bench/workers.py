@@ -265,6 +265,8 @@ def task_switch(model: str, size: int, steps: int, cycles: int, strength: float 
     counts = _load_counter()
     engine = _engine(model)
     engine.load()
+    gc.collect()
+    gc.freeze()  # the libraries and the loaded model are never garbage: each collect below scans only new objects
     loads_at_start = dict(counts)
     pipes = engine.pipelines
     shared = all(

@@ -257,14 +257,29 @@ def test_drafts_measure_each_vae_and_an_lcm_image_on_the_demo():
     assert "Sampler: LCM" in lcm["infotext"] and "VAE: Approx (TAESD)" in lcm["infotext"]
 
 
-def test_the_quick_profile_leaves_the_hosting_stacks_to_only_and_checks_its_budget(monkeypatch):
+def test_preview_cost_is_timed_in_the_loop_beside_the_interleaved_cross_check():
+    from bench.a1111 import preview_cost
+
+    out = preview_cost("demo", 64, 6, rounds=2)
+    assert out["every"] == 2 and out["previews_per_run"] == 2  # after steps 2 and 4; never after the last
+    assert out["preview_in_loop_ms"]["n"] == 2 * 2 and out["preview_size"] == [8, 8]
+    assert 0 < out["overhead_pct"] < 100 and isinstance(out["interleaved_overhead_pct"], float)
+    with pytest.raises(ValueError, match="steps=2: no live preview"):
+        preview_cost("demo", 64, 2, rounds=1)
+
+
+def test_the_quick_profile_leaves_the_hosting_stacks_and_informational_sections_to_only_and_checks_its_budget(
+    monkeypatch,
+):
     from bench import cli
 
     ran = []
-    for name in ("ray_serve", "dlc", "lambda", "hardware"):
+    names = ["hardware", "ray_serve", "dlc", "lambda", "gradio", "drafts"]
+    for name in names:
         monkeypatch.setitem(cli.SECTIONS, name, lambda ctx, name=name: ran.append(name) or {"value": 1})
-    results = cli.run(["hardware", "ray_serve", "dlc", "lambda"], quick=True)
+    results = cli.run(names, quick=True)
     assert ran == ["hardware"]
+    assert results["sections"]["gradio"]["status"] == "skipped" and "--only gradio" in results["gradio"]["skipped"]
     assert results["sections"]["dlc"]["status"] == "skipped" and "--only dlc" in results["dlc"]["skipped"]
     assert results["goals"]["total_seconds"]["met"] is True and results["goals"]["total_seconds"]["goal"] == "<= 180"
     assert cli.run(["dlc"], quick=True, explicit=True)["sections"]["dlc"]["status"] == "ok" and ran[-1] == "dlc"
