@@ -58,6 +58,7 @@ from studio.engines.openvino_modules import (
     install_vae,
     is_openvino_module,
     networks,
+    release_before_decoding,
     release_weights,
     set_static_shapes,
 )
@@ -457,6 +458,7 @@ class OpenVINOAccelerator:
             report = apply_openvino(pipelines.values(), self.cache, self.precision)
             self.report = prepared.merge(report) if prepared is not None else report  # e.g. a separate inpaint model
         set_static_shapes(pipelines.values(), self.static_shapes)
+        release_before_decoding(pipelines.values())
 
     def status(self) -> AcceleratorStatus:
         report = self.report

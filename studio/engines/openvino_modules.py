@@ -29,6 +29,7 @@ from studio.engines.openvino_pages import MAPPED_WEIGHTS
 from studio.engines.openvino_static import STATIC_NETWORKS, StaticSource, StaticVariant, StaticVariants
 
 _MARK = "_studio_openvino"  # attribute set on modules whose calls were redirected to OpenVINO
+_DONE_BEFORE_DECODE = "_studio_openvino_done_before_decode"  # a VAE's: networks whose buffers it releases first
 
 
 class CompiledNetwork:
@@ -112,6 +113,15 @@ class CompiledNetwork:
         if static is not None and variant is None:
             static.want(shapes)  # compiles in the background, outside the lock; this shape's next calls use it
         return outputs
+
+    def release_memory(self) -> None:
+        """Give back the memory OpenVINO holds for intermediate results between calls (the dynamic model's and every
+        static variant's); the packed weights stay. The next call allocates it again (fresh pages: ~0.1 s for the
+        ~0.5 GB of an SD 1.5 VAE decode at 512²)."""
+        with self.lock:
+            self.compiled.release_memory()
+            for variant in self.static.variants() if self.static is not None else ():
+                variant.compiled.release_memory()
 
     @property
     def precision(self) -> str:
@@ -236,20 +246,41 @@ def install_vae(vae: AutoencoderKL, decoder: CompiledNetwork, encoder: CompiledN
     sampling stays in torch with the request's generator, so img2img/inpaint draw the torch engine's noise)."""
 
     def encode(x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
-        (moments,) = encoder(_numpy(x.float()))
+        try:
+            (moments,) = encoder(_numpy(x.float()))
+        finally:
+            encoder.release_memory()
         posterior = DiagonalGaussianDistribution(torch.from_numpy(moments).to(x.dtype))
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     def decode(
         z: torch.Tensor, return_dict: bool = True, generator: torch.Generator | None = None
     ) -> DecoderOutput | tuple[torch.Tensor]:
-        (image,) = decoder(_numpy(z.float()))
+        for network in getattr(vae, _DONE_BEFORE_DECODE, ()):  # the UNet's buffers make room for the decoder's
+            network.release_memory()
+        try:
+            (image,) = decoder(_numpy(z.float()))
+        finally:
+            decoder.release_memory()  # ~0.5 GB at 512², held until the next image otherwise
         decoded = torch.from_numpy(image).to(z.dtype)
         return DecoderOutput(sample=decoded) if return_dict else (decoded,)
 
     vae.encode = encode
     vae.decode = decode
     setattr(vae, _MARK, {"vae_decoder": decoder, "vae_encoder": encoder})
+
+
+def release_before_decoding(pipes: Iterable[Any]) -> None:
+    """Let each OpenVINO VAE give back its pipelines' UNet buffers before decoding: the UNet has finished that image
+    (with hires fix it runs again after the decode, and allocates again). This lowers the peak of an image by the
+    UNet's intermediate memory (~0.1 GB for SD 1.5 at 512²)."""
+    for pipe in pipes:
+        vae, unet = getattr(pipe, "vae", None), getattr(pipe, "unet", None)
+        if vae is None or unet is None or not is_openvino_module(vae):
+            continue
+        linked = getattr(vae, _DONE_BEFORE_DECODE, [])
+        linked.extend(n for n in networks(unet).values() if all(n is not other for other in linked))
+        setattr(vae, _DONE_BEFORE_DECODE, linked)
 
 
 def is_openvino_module(module: torch.nn.Module) -> bool:

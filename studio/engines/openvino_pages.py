@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -48,9 +47,9 @@ def _madvise() -> ctypes._CFuncPtr | None:
 class MappedWeights:
     """The IR weight files this process compiled, and the dropping of their mapped pages while networks pack."""
 
-    def __init__(self, interval: float = 0.05, maps: Path = Path("/proc/self/maps")) -> None:
+    def __init__(self, interval: float = 0.05, maps: Path = Path("/proc/self/maps"), *, enabled: bool = True) -> None:
         self.interval = interval
-        self.enabled = os.environ.get("STUDIO_OPENVINO_KEEP_MAPPED_WEIGHTS", "") not in ("1", "true", "yes")
+        self.enabled = enabled  # False: never drop (for comparisons)
         self.dropped_bytes = 0  # advised so far (a page may be counted again after it faulted back in)
         self._maps = maps
         self._paths: set[str] = set()

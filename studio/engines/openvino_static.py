@@ -168,6 +168,11 @@ class StaticVariants:
             self._idle.notify_all()
         return variant
 
+    def variants(self) -> list[StaticVariant]:
+        """The compiled variants kept now."""
+        with self._lock:
+            return list(self._ready.values())
+
     def set_keep(self, keep: int) -> None:
         """Keep at most `keep` variants from now on (0: none; queued compiles are dropped)."""
         if keep < 0:

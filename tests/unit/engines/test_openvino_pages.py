@@ -1,13 +1,13 @@
 """Mapped IR weights out of RSS (studio.engines.openvino_pages): while a network packs its weights, the read-only
 memory maps of the IR files it was compiled from are dropped from the process's resident memory, and reading them
 again gives the same bytes; writable maps and files nobody registered are never touched; and the OpenVINO engine
-ends a generation holding none of its IR's mapped pages, with the same pixels as without dropping."""
+ends a generation holding none of its IR's mapped pages, with the same pixels as without dropping. The VAE also
+gives back the UNet's intermediate buffers before decoding and its own after (same pixels on the next image)."""
 
 from __future__ import annotations
 
 import hashlib
 import mmap
-import os
 import sys
 import threading
 from pathlib import Path
@@ -107,11 +107,10 @@ def test_packing_runs_one_dropping_thread_across_nested_and_concurrent_bodies_an
     view.close()
 
 
-def test_the_switch_turns_dropping_off(tmp_path, monkeypatch):
-    monkeypatch.setenv("STUDIO_OPENVINO_KEEP_MAPPED_WEIGHTS", "1")
+def test_a_disabled_instance_drops_nothing(tmp_path):
     path = weights_file(tmp_path)
     view, _ = read_only_map(path)
-    weights = MappedWeights()
+    weights = MappedWeights(enabled=False)
     weights.add(path)
     assert not weights.enabled and weights.drop() == 0 and mapped_kb(path) >= SIZE // 1024 * 0.9
     view.close()
@@ -140,4 +139,44 @@ def test_the_openvino_engine_ends_a_generation_without_its_ir_pages_and_with_the
     assert {p.name for p in ir} == {"model.bin"} and all(p.is_file() for p in ir)
     assert sum(mapped_kb(p) for p in ir) < 256
     np.testing.assert_array_equal(dropped, kept)
-    assert os.environ.get("STUDIO_OPENVINO_KEEP_MAPPED_WEIGHTS") is None
+
+
+def test_the_vae_releases_the_unets_buffers_before_decoding_and_its_own_after_with_the_same_pixels(
+    tmp_path, monkeypatch
+):
+    pytest.importorskip("openvino")
+    from PIL import Image
+
+    from studio import engines
+    from studio.config import EngineSettings
+    from studio.engines.openvino_modules import CompiledNetwork
+    from studio.types import GenerationRequest
+
+    engine = engines.build(EngineSettings(model="demo", kind="openvino", precision="f32", openvino_cache=tmp_path))
+    engine.load()
+    request = GenerationRequest(prompt="a red cube", width=64, height=64, steps=3, seed=7)
+    first = np.asarray(engine.generate(request).images[0])
+
+    events: list[tuple[str, str]] = []
+    call, release = CompiledNetwork.__call__, CompiledNetwork.release_memory
+
+    def recording_call(self, *arrays):
+        events.append(("run", self.name))
+        return call(self, *arrays)
+
+    def recording_release(self):
+        events.append(("release", self.name))
+        return release(self)
+
+    monkeypatch.setattr(CompiledNetwork, "__call__", recording_call)
+    monkeypatch.setattr(CompiledNetwork, "release_memory", recording_release)
+    again = np.asarray(engine.generate(request).images[0])
+    np.testing.assert_array_equal(again, first)  # buffers allocated again give the same pixels
+    assert events[-3:] == [("release", "unet"), ("run", "vae_decoder"), ("release", "vae_decoder")]
+    assert events.count(("run", "unet")) == 3 and events.count(("release", "unet")) == 1
+
+    events.clear()
+    init = Image.fromarray(first)
+    engine.generate(request.replace(image=init, strength=0.5))
+    assert events[events.index(("run", "vae_encoder")) + 1] == ("release", "vae_encoder")
+    assert events[-1] == ("release", "vae_decoder")
