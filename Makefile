@@ -31,8 +31,9 @@ serve: install
 
 test: install-dev
 	# One torch thread per process: tests run servers beside the test process, and 2 threads on 2 shared cores
-	# thrash (10-50x slower, identical pixels).
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q $(ARGS)
+	# thrash (10-50x slower, identical pixels). Two test processes (pytest-xdist), each file's tests in one of them;
+	# ARGS="-n 0" runs in this process (e.g. to debug one test).
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 bench: install-dev
 	HF_HUB_OFFLINE=1 $(PY) -m bench $(ARGS)
