@@ -537,5 +537,5 @@ def load_prepared_pipeline(
     check_supported(pipe)
     report.seconds = round(time.perf_counter() - started, 2)
     report.warm = warm
-    logger.info("%s (from the prepared IR, no torch weights)", report.summary())
+    logger.info("%s%s", report.summary(), "" if warm else " (from the prepared IR, no torch weights)")
     return pipe, report
