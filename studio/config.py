@@ -150,7 +150,7 @@ class EngineSettings:
     kind: EngineKind = EngineKind.TORCH
     precision: Precision = Precision.BF16  # OpenVINO only
     openvino_cache: Path | None = None  # None: cache_dir()/openvino
-    openvino_static_shapes: int = DEFAULT_OPENVINO_STATIC_SHAPES  # static-shape UNet variants kept; 0 = dynamic only
+    openvino_static_shapes: int = DEFAULT_OPENVINO_STATIC_SHAPES  # static variants kept per network; 0 = dynamic only
     url: str | None = None  # Backend.HTTP
     endpoint: str | None = None  # Backend.SAGEMAKER
     function: str | None = None  # Backend.LAMBDA: function name, ARN or function URL
@@ -328,7 +328,7 @@ _ENGINE_OPTIONS = (
     _Option("precision", "--openvino-precision", "STUDIO_OPENVINO_PRECISION", _enum(Precision), "bf16 or f32"),
     _Option("openvino_cache", None, "STUDIO_OPENVINO_CACHE", _path),
     _Option("openvino_static_shapes", "--openvino-static-shapes", "STUDIO_OPENVINO_STATIC_SHAPES", parse_int,
-            f"static-shape UNet variants kept ({DEFAULT_OPENVINO_STATIC_SHAPES}); 0: dynamic IR only"),
+            f"static-shape variants kept per network ({DEFAULT_OPENVINO_STATIC_SHAPES}); 0: dynamic IR only"),
     _Option("live_preview_every", "--live-preview-every", "STUDIO_LIVE_PREVIEW_EVERY", parse_int,
             f"live previews every N sampling steps ({DEFAULT_LIVE_PREVIEW_EVERY}); 0 turns them off"),
     _Option("compile_unet", "--compile", "STUDIO_COMPILE", parse_bool, "torch.compile the UNet (slow 1st image)", True),

@@ -34,9 +34,9 @@ logger = logging.getLogger(__name__)
 
 Shapes = tuple[tuple[int, ...], ...]  # the full shape of every input of one call, in input order
 
-# The networks that get static variants by default. The VAE decoder is excluded: at 512² it gained nothing clearly
-# measurable (the spread of 3 interleaved rounds covered both sides) and runs once per image.
-STATIC_NETWORKS = frozenset({"unet"})
+# The networks that get static variants by default. The VAE's run at the speed of its dynamic model, but with less
+# memory: SD 1.5's decoder at 512² (bf16, alone) peaks at 702 MB instead of 836, and compiles in 0.27 s.
+STATIC_NETWORKS = frozenset({"unet", "vae_decoder", "vae_encoder"})
 
 
 @dataclass(frozen=True)

@@ -196,8 +196,10 @@ def test_set_static_shapes_reaches_the_unet_networks_with_a_source(ov_engine, un
     static = network(unet_xml, keep=1)
     install_unet(unet, static)
     try:
-        assert set_static_shapes(ov_engine.pipelines.values(), 3) == 1  # shared by every task's pipeline
+        # the UNet and the VAE's decoder and encoder, shared by every task's pipeline
+        assert set_static_shapes(ov_engine.pipelines.values(), 3) == 3
         assert static.static.keep == 3
+        assert all(n.static.keep == 3 for n in networks(ov_engine.pipelines[Task.TXT2IMG].vae).values())
     finally:
         install_unet(unet, dynamic)
 
