@@ -145,6 +145,7 @@ def preview_cost(model: str, size: int, steps: int, rounds: int, warmup: int = 1
         raise ValueError(f"steps={steps}: no live preview is made with fewer than {least} steps")
     made = spent[warmup * per_run :]  # the timed runs' previews (the warm-up runs came first)
     summary = ratio_summary(times["previews"], times["plain"])
+    plain_ms = Stats.of(times["plain"]).median * 1000
     latents = torch.randn(1, 4, size // 8, size // 8)
     factors = previews.factors_for(sdxl=False)
     one: list[float] = []
@@ -166,4 +167,6 @@ def preview_cost(model: str, size: int, steps: int, rounds: int, warmup: int = 1
         **summary,
         "interleaved_overhead_pct": round((summary["ratio"] - 1) * 100, 2),
         "preview_ms": round(Stats.of(one).median * 1000, 3),
+        # Kept from earlier runs' JSON: previews per run x one preview alone ÷ the plain run.
+        "derived_overhead_pct": round(per_run * Stats.of(one).median * 1000 / plain_ms * 100, 3),
     }

@@ -264,6 +264,7 @@ def test_preview_cost_is_timed_in_the_loop_beside_the_interleaved_cross_check():
     assert out["every"] == 2 and out["previews_per_run"] == 2  # after steps 2 and 4; never after the last
     assert out["preview_in_loop_ms"]["n"] == 2 * 2 and out["preview_size"] == [8, 8]
     assert 0 < out["overhead_pct"] < 100 and isinstance(out["interleaved_overhead_pct"], float)
+    assert out["derived_overhead_pct"] > 0  # the earlier field, still there
     with pytest.raises(ValueError, match="steps=2: no live preview"):
         preview_cost("demo", 64, 2, rounds=1)
 
