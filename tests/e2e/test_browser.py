@@ -421,13 +421,17 @@ def watch_gallery(page, prefix: str, until: float, stop_when_idle: bool = True) 
     """(src, natural size) of each distinct image the gallery shows while the run goes on."""
     seen: dict[str, tuple[int, int]] = {}
     status = tracker(page, f"{prefix}-gallery")
+    idle_since: float | None = None
     while time.monotonic() < until:
         for src, w, h in page.locator(f"#{prefix}-gallery img").evaluate_all(
             "els => els.filter(e => e.complete && e.naturalWidth > 0)"
             ".map(e => [e.src, e.naturalWidth, e.naturalHeight])"
         ):
             seen.setdefault(src, (w, h))
-        if stop_when_idle and seen and "step" not in status.inner_text():
+        # Idle for a whole second: the progress text also disappears for a moment while a preview replaces another.
+        idle = seen and "step" not in status.inner_text()
+        idle_since = (idle_since or time.monotonic()) if idle else None
+        if stop_when_idle and idle_since is not None and time.monotonic() - idle_since > 1.0:
             break
         time.sleep(0.1)
     return list(seen.items())
@@ -439,7 +443,8 @@ def test_live_preview_shows_the_image_forming_in_the_gallery(page, studio):
     open_studio(page, studio.url)
     panel = page.locator("#tab-txt2img")
     type_prompt(page, "txt2img", "a harbour at dusk")
-    small_run(panel, steps=150, count=1)
+    # 128² (not 64²): 150 steps take long enough for the browser to see the preview change under a busy CI
+    small_run(panel, steps=150, count=1, width=128, height=128)
     set_seed(panel, 4242)
     page.locator("#txt2img-generate").click()
 
@@ -449,12 +454,12 @@ def test_live_preview_shows_the_image_forming_in_the_gallery(page, studio):
     RESULTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(RESULTS / "live-preview-mid-run.png"))
     seen = watch_gallery(page, "txt2img", time.monotonic() + 60)
-    previews = [src for src, size in seen if size == (256, 256)]  # the 8x8 latent preview of 64x64, enlarged
+    previews = [src for src, size in seen if size == (256, 256)]  # the 16x16 latent preview of 128x128, enlarged
     assert len(previews) >= 2, seen  # it moves on with the run
     wait_idle(page, "txt2img-gallery")
     expect(thumbnails(page, "txt2img")).to_have_count(1)
     expect(gallery).not_to_contain_text("live preview")
-    assert natural_sizes(thumbnails(page, "txt2img")) == [(64, 64)]  # the saved image replaced it
+    assert natural_sizes(thumbnails(page, "txt2img")) == [(128, 128)]  # the saved image replaced it
     info = read_json(page, "txt2img-info")
     assert info["seeds"] == [4242] and Path(info["paths"][0]).is_file()
 
