@@ -138,26 +138,33 @@ def test_a_forked_worker_reports_its_result_errors_and_timeouts_and_the_zygote_s
 
 
 def test_fault_in_like_touches_the_file_pages_a_fork_leaves_out():
-    import torch  # noqa: F401  (hundreds of MB of library pages, as in the zygote)
-
-    from bench.core import rss_mb
-    from bench.zygote import fault_in_like
-
-    parent = os.getpid()
-    before_read, before_write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report RSS before and after, then leave without running the test process's cleanup
-        try:
-            before = rss_mb()
-            touched = fault_in_like(parent)
-            os.write(before_write, json.dumps([before, touched, rss_mb()]).encode())
-        finally:
-            os._exit(0)
-    os.close(before_write)
-    before, touched, after = json.loads(os.read(before_read, 4096))
-    os.waitpid(pid, 0)
-    ours = rss_mb()
-    assert touched > 1000  # pages of the libraries this process imported (torch alone is hundreds of MB)
+    """As in the zygote: a quiet parent that imported torch forks; the child reports its RSS before and after."""
+    script = """
+import json, os, sys
+import torch  # hundreds of MB of library pages, as in the zygote
+from bench.core import rss_mb
+from bench.zygote import fault_in_like
+parent = os.getpid()
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    try:
+        before = rss_mb()
+        touched = fault_in_like(parent)
+        os.write(write, json.dumps([before, touched, rss_mb()]).encode())
+    finally:
+        os._exit(0)
+os.close(write)
+child = os.read(read, 4096).decode()
+os.waitpid(pid, 0)
+print(json.dumps({"child": json.loads(child), "parent": rss_mb()}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    (before, touched, after), ours = out["child"], out["parent"]
+    assert touched > 1000  # pages of the libraries the parent imported
     assert before < 0.9 * ours  # without it, a forked worker's figures would start this much lower
     assert after >= 0.97 * ours
 
