@@ -8,6 +8,7 @@ an EngineError rather than ignored. Afterwards the torch weights can be released
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterable
@@ -96,10 +97,8 @@ class CompiledNetwork:
         with self.lock:
             request = self.request if variant is None else variant.request
             first = (self.dynamic_calls if variant is None else variant.calls) == 0
-            if first:  # the plugin packs its weights now: keep the IR's mapped pages out of RSS meanwhile
-                with MAPPED_WEIGHTS.packing():
-                    request.infer(inputs)
-            else:
+            # On a first call the plugin packs its weights: keep the IR's mapped pages out of RSS meanwhile.
+            with MAPPED_WEIGHTS.packing() if first else contextlib.nullcontext():
                 request.infer(inputs)
             count = len(self.compiled.outputs)
             outputs = [np.array(request.get_output_tensor(i).data, copy=True) for i in range(count)]
