@@ -343,7 +343,7 @@ def openvino(ctx: Context) -> dict[str, Any]:
         speed["static"] = ctx.worker("openvino_static", model="sd15", size=size, rounds=rounds, precision="bf16")
     if not p.openvino_accuracy:
         return speed
-    accuracy = ctx.worker("openvino_accuracy", precisions=["f32", "bf16"], size=256, steps=10)
+    accuracy = ctx.worker("openvino_accuracy", precisions=["f32", "bf16", "bf16:fp16"], size=256, steps=10)
     return {**speed, "accuracy_demo": accuracy}
 
 

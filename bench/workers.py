@@ -90,8 +90,12 @@ def _pixel_diff(a: Any, b: Any) -> dict[str, float]:
 
 
 def _engine(model: str, engine: str = "torch", precision: str = "bf16", openvino_cache: str | None = None) -> Any:
-    """The studio's local engine for a benchmark model, made the way every composition root makes it."""
-    extra = {"openvino_cache": openvino_cache} if openvino_cache else {}
+    """The studio's local engine for a benchmark model, made the way every composition root makes it. `precision`
+    may name the IR weights too: "bf16:fp16" is bf16 inference with fp16 weights (--openvino-weights)."""
+    extra: dict[str, Any] = {"openvino_cache": openvino_cache} if openvino_cache else {}
+    precision, _, weights = precision.partition(":")
+    if weights:
+        extra["openvino_weights"] = weights
     return _build(model_spec(model), kind=engine, precision=precision, **extra)
 
 
@@ -398,6 +402,7 @@ def peak_rss(
     report = getattr(instance.accelerator, "report", None)
     if report is not None:
         out["precision"] = report.precision
+        out["weights"] = report.weights
         out["openvino_cache_hits"] = report.cache_hits
         out["openvino_warm"] = report.warm
         out["openvino_convert_s"] = round(sum(c.convert_seconds for c in report.components), 2)
@@ -482,7 +487,8 @@ def openvino_speed(
 
 
 def openvino_accuracy(precisions: list[str], size: int, steps: int) -> dict[str, Any]:
-    """Same seed, demo model: pixel difference OpenVINO vs torch for txt2img / img2img / inpaint, per precision."""
+    """Same seed, demo model: pixel difference OpenVINO vs torch for txt2img / img2img / inpaint, per precision
+    ("bf16" runs the default int8 weights, "bf16:fp16" fp16 weights)."""
     engine = _engine("demo")
     engine.load()
     init = _init_image(size)
@@ -504,6 +510,7 @@ def openvino_accuracy(precisions: list[str], size: int, steps: int) -> dict[str,
             "pixel_diff": diffs,
             "max_pixel_diff": max(d["max"] for d in diffs.values()),
             "effective_precision": ov.accelerator.report.precision,
+            "weights": ov.accelerator.report.weights,
             "cache_hits": ov.accelerator.report.cache_hits,
             "components": len(ov.accelerator.report.components),
         }

@@ -41,7 +41,10 @@ def build(settings: EngineSettings) -> Engine:
                 f"the OpenVINO engine needs the openvino package: pip install openvino ({exc})"
             ) from exc
         accelerator = OpenVINOAccelerator(
-            settings.precision, settings.openvino_cache, static_shapes=settings.openvino_static_shapes
+            settings.precision,
+            settings.openvino_cache,
+            static_shapes=settings.openvino_static_shapes,
+            weights=settings.openvino_weights,
         )
     return LocalEngine(
         settings.model,

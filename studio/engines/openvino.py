@@ -38,7 +38,7 @@ import openvino as ov
 import torch
 from diffusers import DiffusionPipeline
 
-from studio.config import DEFAULT_OPENVINO_STATIC_SHAPES, Device, Precision, cache_dir, parse_enum
+from studio.config import DEFAULT_OPENVINO_STATIC_SHAPES, Device, OpenVINOWeights, Precision, cache_dir, parse_enum
 from studio.engine import ModelLoadError
 from studio.engines.local import AcceleratorStatus
 from studio.engines.openvino_export import COMPONENTS, ExportManifest, manifest_for, read_manifest
@@ -63,7 +63,7 @@ from studio.engines.openvino_modules import (
     set_static_shapes,
 )
 from studio.engines.openvino_pages import MAPPED_WEIGHTS
-from studio.engines.openvino_static import StaticSource
+from studio.engines.openvino_static import STATIC_NETWORKS, StaticSource
 from studio.engines.openvino_warm import find_entry, ir_dirs_of, warm_key, weightless_components, write_entry
 from studio.types import Task
 
@@ -120,6 +120,7 @@ class OpenVINOReport:
     warnings: list[str] = field(default_factory=list)
     precision_reason: str = ""  # why this precision: the CPU's bf16 flags (or their absence)
     warm: bool = False  # built from the warm IR cache (studio.engines.openvino_warm): no torch weights were read
+    weights: str = ""  # the IR weight format asked for (studio.engines.openvino_ir.weight_format): fp16, fp32, int8
 
     @property
     def cache_hits(self) -> int:
@@ -131,7 +132,8 @@ class OpenVINOReport:
 
         parts = ", ".join(f"{c.name}{origin(c)}" for c in self.components)
         warm = " from the warm IR cache (no torch weights)" if self.warm else ""
-        return f"OpenVINO {self.version.split('-')[0]}, {self.precision}: {parts}{warm} in {self.seconds:.1f}s"
+        int8 = " with int8 MatMul weights" if self.weights == "int8" else ""
+        return f"OpenVINO {self.version.split('-')[0]}, {self.precision}{int8}: {parts}{warm} in {self.seconds:.1f}s"
 
     def merge(self, other: OpenVINOReport) -> OpenVINOReport:
         """This report with `other`'s networks (e.g. a dedicated inpainting model converted after the base)."""
@@ -213,7 +215,9 @@ def _compile_config(precision: Precision, supports_bf16: bool) -> tuple[dict[str
     return config, effective, notes
 
 
-def _new_report(precision: Precision, folder: Path, core: ov.Core) -> tuple[OpenVINOReport, dict[str, str]]:
+def _new_report(
+    precision: Precision, folder: Path, core: ov.Core, weights: str = "auto"
+) -> tuple[OpenVINOReport, dict[str, str]]:
     """The report of one load and the compile config, with the precision decided for this CPU (and logged)."""
     supports_bf16, reason = cpu_bf16(core)
     config, effective, notes = _compile_config(precision, supports_bf16)
@@ -224,6 +228,7 @@ def _new_report(precision: Precision, folder: Path, core: ov.Core) -> tuple[Open
         cache_dir=str(folder),
         warnings=notes,
         precision_reason=reason,
+        weights=weight_format(precision.value, weights),
     )
     logger.info("OpenVINO precision %s (%s requested): %s", effective.value, precision.value, reason)
     for note in notes:
@@ -267,8 +272,11 @@ def _compile_ir(
         MAPPED_WEIGHTS.add(xml.with_suffix(".bin"))
         model = core.read_model(str(xml))  # kept for static-shape variants: its weights stay memory-mapped, shared
         source = StaticSource(model, core, _DEVICE, config)
-        with MAPPED_WEIGHTS.packing():
-            network = CompiledNetwork(name, core.compile_model(model, _DEVICE, config), source=source)
+        if name in STATIC_NETWORKS and DEFAULT_OPENVINO_STATIC_SHAPES > 0:  # runs static variants: dynamic on demand
+            network = CompiledNetwork(name, None, source=source)
+        else:
+            with MAPPED_WEIGHTS.packing():
+                network = CompiledNetwork(name, core.compile_model(model, _DEVICE, config), source=source)
     except Exception as exc:
         raise ModelLoadError(f"OpenVINO could not compile the {name} ({xml}): {type(exc).__name__}: {exc}") from exc
     report.components.append(
@@ -306,7 +314,7 @@ def _compile_module(
     for spec in SPECS[attr](module):
         try:
             xml, hit, convert_seconds = ir_path(
-                spec, module, fingerprint, cache, report.requested_precision, report.version
+                spec, module, fingerprint, cache, report.weights, report.version
             )
         except ModelLoadError:
             raise
@@ -332,6 +340,7 @@ def apply_openvino(
     cache: Path | str | None = None,
     precision: Precision | str = Precision.BF16,
     *,
+    weights: OpenVINOWeights | str = OpenVINOWeights.AUTO,
     release_torch_weights: bool = True,
 ) -> OpenVINOReport:
     """Run the UNet, text encoder and VAE of `pipes` on OpenVINO from now on (in place) and return a report.
@@ -345,7 +354,8 @@ def apply_openvino(
     precision = parse_enum(Precision, "precision", precision)
     folder = Path(cache) if cache is not None else default_cache_dir()
     core = ov.Core()
-    report, config = _new_report(precision, folder, core)
+    weights = parse_enum(OpenVINOWeights, "openvino_weights", weights)
+    report, config = _new_report(precision, folder, core, weights.value)
     for attr, module, manifest in _modules_to_convert(pipes):
         if manifest is None or not manifest.ir_files(attr):
             folder.mkdir(parents=True, exist_ok=True)  # only when something may be converted into the cache
@@ -374,8 +384,10 @@ class OpenVINOAccelerator:
         precision: Precision | str = Precision.BF16,
         cache: Path | str | None = None,
         static_shapes: int = DEFAULT_OPENVINO_STATIC_SHAPES,
+        weights: OpenVINOWeights | str = OpenVINOWeights.AUTO,
     ):
         self.precision = parse_enum(Precision, "precision", precision)
+        self.weights = parse_enum(OpenVINOWeights, "openvino_weights", weights)  # --openvino-weights
         self.static_shapes = static_shapes  # static-shape UNet variants kept (studio.engines.openvino_static)
         self.cache = Path(cache) if cache is not None else None
         self.report: OpenVINOReport | None = None
@@ -403,11 +415,16 @@ class OpenVINOAccelerator:
         key = self._warm_key(source)  # None: no local files yet (a hub model not in the local cache)
         return self._load_warm(source, key) or self._load_and_convert(source, key, device, dtype)
 
+    @property
+    def weight_format(self) -> str:
+        """The IR weight format this engine loads: fp16, fp32 or int8 (studio.engines.openvino_ir.weight_format)."""
+        return weight_format(self.precision.value, self.weights.value)
+
     def _cache_dir(self) -> Path:
         return self.cache if self.cache is not None else default_cache_dir()
 
     def _warm_key(self, source: Any) -> str | None:
-        return warm_key(source, weight_format(self.precision.value), ov.get_version())
+        return warm_key(source, self.weight_format, ov.get_version())
 
     def _load_warm(self, source: Any, key: str | None) -> DiffusionPipeline | None:
         entry = find_entry(self._cache_dir(), key) if key is not None else None
@@ -424,7 +441,7 @@ class OpenVINOAccelerator:
         from studio import models  # looked up on the module: the bench counts weight loads by patching it
 
         pipe = models.load_pipeline(source, device=device, dtype=dtype)
-        report = apply_openvino([pipe], self.cache, self.precision)
+        report = apply_openvino([pipe], self.cache, self.precision, weights=self.weights)
         key = key or self._warm_key(source)  # after the load a hub model is in the local cache
         if key is not None:
             try:
@@ -434,7 +451,7 @@ class OpenVINOAccelerator:
                     pipe,
                     ir_dirs_of(report.components, COMPONENTS),
                     source_name=str(source),
-                    weight_format=weight_format(self.precision.value),
+                    weight_format=self.weight_format,
                     precision=self.precision.value,
                     openvino_version=report.version,
                 )
@@ -455,7 +472,7 @@ class OpenVINOAccelerator:
         if prepared is not None and not _modules_to_convert(pipelines.values()):
             self.report = prepared  # load_pipeline compiled every network already
         else:
-            report = apply_openvino(pipelines.values(), self.cache, self.precision)
+            report = apply_openvino(pipelines.values(), self.cache, self.precision, weights=self.weights)
             self.report = prepared.merge(report) if prepared is not None else report  # e.g. a separate inpaint model
         set_static_shapes(pipelines.values(), self.static_shapes)
         release_before_decoding(pipelines.values())

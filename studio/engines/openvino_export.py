@@ -8,8 +8,8 @@ takes 30-65 s and 4.5-6.6 GB of RAM, compiling its IR a few seconds.
 The manifest records, per component, the sha256 of its config.json and a sampled digest of its weight files
 (sizes plus 18 slices of 64 KB each: ~1 MB read per file, milliseconds). The OpenVINO engine uses the prepared IR
 only while those still match the folder (`manifest_for`), so replaced weights are converted again rather than
-silently answered with the old IR. The IR weights follow the export's precision: fp16-compressed for "bf16" (the
-default: half the size, and what bf16 inference reads), fp32 for "f32"; either compiles at either inference
+silently answered with the old IR. The IR weights follow the export's precision (openvino_ir.weight_format): for
+"bf16" (the default) int8 MatMul weights and fp16 for the rest, fp32 for "f32"; either compiles at either inference
 precision, which is decided per CPU when the model loads (studio.engines.openvino.cpu_bf16).
 
 This module imports openvino and torch only inside `export_openvino`; reading a manifest is plain JSON.
@@ -59,8 +59,8 @@ class ExportManifest:
 
     folder: Path
     openvino: str  # the version that converted the IR
-    weights: str  # "fp16" or "fp32": the IR's weight format
-    precision: str  # the precision asked for at export (bf16 -> fp16 weights)
+    weights: str  # "int8", "fp16" or "fp32": the IR's weight format (openvino_ir.weight_format)
+    precision: str  # the precision asked for at export (bf16 -> int8 weights)
     source: str  # the model that was exported
     created: str
     components: list[PreparedComponent] = field(default_factory=list)
@@ -188,10 +188,12 @@ def export_openvino(
     out_dir: Path | str,
     *,
     precision: Precision | str = Precision.BF16,
+    weights: str = "auto",
     models_dir: Path = Path("models"),
     cache: Path | None = None,
 ) -> ExportManifest:
-    """Write `model` (a path, hub id, single file or "demo") to `out_dir` as a diffusers folder with its OpenVINO IR.
+    """Write `model` (a path, hub id, single file or "demo") to `out_dir` as a diffusers folder with its OpenVINO IR
+    (`weights` as --openvino-weights: "auto", "int8", "fp16" or "fp32").
 
     The IR is converted through the studio's IR cache (`cache`, default studio.engines.openvino.default_cache_dir()),
     so a model converted before is only copied (hard-linked where possible). `out_dir` is published atomically; an
@@ -203,7 +205,7 @@ def export_openvino(
 
     from studio import models
     from studio.engines.openvino import SPECS, check_supported, default_cache_dir
-    from studio.engines.openvino_ir import ir_path, module_fingerprint
+    from studio.engines.openvino_ir import ir_path, module_fingerprint, weight_format
     from studio.models.hashing import sha256_files
 
     started = time.perf_counter()
@@ -216,7 +218,7 @@ def export_openvino(
     manifest = ExportManifest(
         folder=Path(out_dir),
         openvino=version,
-        weights="fp32" if precision is Precision.F32 else "fp16",
+        weights=weight_format(precision.value, str(weights)),
         precision=precision.value,
         source=source.name,
         created=time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -229,7 +231,7 @@ def export_openvino(
                 raise ModelLoadError(f"{source.name}: the pipeline has no {attr}; nothing to export")
             fingerprint = module_fingerprint(module)
             for spec in SPECS[attr](module):
-                xml, hit, seconds = ir_path(spec, module, fingerprint, cache, precision.value, version)
+                xml, hit, seconds = ir_path(spec, module, fingerprint, cache, manifest.weights, version)
                 logger.info("%s IR %s (%.0fs)", spec.name, "from the cache" if hit else "converted", seconds)
                 manifest.add_ir(tmp, spec.name, attr, xml.parent)
         unet_weights = sorted(p for p in (tmp / "unet").iterdir() if p.suffix in _WEIGHT_SUFFIXES)

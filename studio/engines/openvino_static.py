@@ -49,6 +49,10 @@ class StaticSource:
     device: str = "CPU"
     config: Mapping[str, str] = field(default_factory=dict)
 
+    def compile_dynamic(self) -> ov.CompiledModel:
+        """The model compiled as it is (dynamic shapes)."""
+        return self.core.compile_model(self.model, self.device, dict(self.config))
+
     def compile(self, shapes: Shapes) -> ov.CompiledModel:
         """The model compiled for exactly `shapes` (one shape per input)."""
         model = self.model.clone()

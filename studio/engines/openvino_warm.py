@@ -78,7 +78,8 @@ def _model_files(source: Any) -> tuple[Path, list[Path]] | None:
 
 
 def warm_key(source: Any, weight_format: str, openvino_version: str) -> str | None:
-    """The warm entry key of `source` for IR of `weight_format` ("fp16"/"fp32"), or None when it has no local files."""
+    """The warm entry key of `source` for IR of `weight_format` ("int8"/"fp16"/"fp32"), or None when it has no
+    local files."""
     from studio.engines.openvino_ir import IR_FORMAT_VERSION
 
     found = _model_files(source)

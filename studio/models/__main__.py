@@ -6,7 +6,8 @@ python -m studio.models build-demo-lora PATH.safetensors [--seed N]
 python -m studio.models build-demo-vae PATH.safetensors
 python -m studio.models build-demo-taesd [MODELS_DIR] [--a1111] [--decoder-only]
 python -m studio.models list [MODELS_DIR]
-python -m studio.models export-openvino MODEL DIR [--precision bf16|f32] [--models-dir DIR]
+python -m studio.models export-openvino MODEL DIR [--precision bf16|f32] [--weights auto|int8|fp16|fp32]
+                                          [--models-dir DIR]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from studio.config import Precision
+from studio.config import OpenVINOWeights, Precision
 from studio.engine import ModelLoadError
 from studio.models.demo import build_demo
 from studio.models.demo_extras import build_demo_lora, build_demo_taesd, build_demo_vae
@@ -51,8 +52,14 @@ def _parser() -> argparse.ArgumentParser:
         "--precision",
         choices=[p.value for p in Precision],
         default=Precision.BF16.value,
-        help="bf16 (default): fp16-compressed IR weights, half the size; f32: fp32 IR weights. The inference "
+        help="bf16 (default): int8 MatMul and fp16 other IR weights; f32: fp32 IR weights. The inference "
         "precision is chosen per CPU when the model loads.",
+    )
+    export.add_argument(
+        "--weights",
+        choices=[w.value for w in OpenVINOWeights],
+        default=OpenVINOWeights.AUTO.value,
+        help="the IR weights, as the engine's --openvino-weights: auto (int8 for bf16, fp32 for f32), int8, fp16, fp32",
     )
     export.add_argument("--models-dir", type=Path, default=Path("models"), help="where MODEL names are looked up")
     return parser
@@ -63,7 +70,9 @@ def _export_openvino(args: argparse.Namespace) -> None:
         from studio.engines.openvino_export import export_openvino
     except ImportError as exc:  # openvino (or torch) missing
         raise ModelLoadError(f"export-openvino needs the openvino package: pip install openvino ({exc})") from exc
-    manifest = export_openvino(args.model, args.dir, precision=args.precision, models_dir=args.models_dir)
+    manifest = export_openvino(
+        args.model, args.dir, precision=args.precision, weights=args.weights, models_dir=args.models_dir
+    )
     for component in manifest.components:
         print(f"{component.name}\t{args.dir / component.ir_dir}")
     print(args.dir)

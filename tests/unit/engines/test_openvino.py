@@ -138,7 +138,7 @@ def test_second_load_reuses_the_cached_ir(ov_engine, ir_cache):
 def test_bf16_is_close_to_torch(torch_engine, ir_cache):
     engine = openvino_engine(ir_cache, precision="bf16")
     engine.load()
-    assert engine.accelerator.report.cache_hits == 0  # fp16-weight IR: a separate cache entry from the f32 one
+    assert engine.accelerator.report.cache_hits == 0  # int8/fp16-weight IR: separate cache entries from the f32 ones
     assert engine.accelerator.report.precision in ("bf16", "f32")  # f32 on CPUs without native bf16
     diff = np.abs(pixels(engine.generate(BASE).images[0]) - pixels(torch_engine.generate(BASE).images[0]))
     assert diff.mean() < 3 and diff.max() <= 64

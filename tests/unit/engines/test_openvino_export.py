@@ -166,7 +166,9 @@ def test_cli_export_openvino(tmp_path, capsys):
     manifest = json.loads((target / MANIFEST).read_text())
     assert manifest["precision"] == "f32" and manifest["weights"] == "fp32"
     again = models_main(["export-openvino", "demo", str(target)])  # replaces an earlier export
-    assert again == 0 and read_manifest(target).weights == "fp16"
+    assert again == 0 and read_manifest(target).weights == "int8"  # bf16's default weights
+    assert models_main(["export-openvino", "demo", str(target), "--weights", "fp16"]) == 0
+    assert read_manifest(target).weights == "fp16"
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     assert models_main(["export-openvino", "demo", str(tmp_path / "other")]) == 1  # never overwrites other content

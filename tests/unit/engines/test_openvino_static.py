@@ -227,9 +227,27 @@ def test_the_engine_built_from_settings_uses_the_static_shapes_setting(ov_engine
     )
     engine = engines.build(settings)
     engine.load()
+    unet = networks(engine.pipelines[Task.TXT2IMG].unet)["unet"]
+    # with variants on, the dynamic model is compiled only if a call needs it (none here): no compile, no graph
+    assert (unet.compiled is None) is (keep > 0)
     for width in (64, 72):
         request = GenerationRequest(prompt="a boat", width=width, height=64, steps=2, seed=3)
         assert engine.generate(request).images[0].size == (width, 64)
-    unet = networks(engine.pipelines[Task.TXT2IMG].unet)["unet"]
     assert (unet.static_calls > 0) is (keep > 0) and unet.calls == 4
-    assert unet.dynamic_calls == (4 if keep == 0 else 0)
+    assert unet.dynamic_calls == (4 if keep == 0 else 0) and (unet.compiled is None) is (keep > 0)
+
+
+def test_a_lazy_dynamic_model_compiles_when_a_variant_fails_or_variants_are_turned_off(ov_engine, unet_xml):
+    core = ov.Core()
+    source = StaticSource(core.read_model(str(unet_xml)), core, "CPU", CONFIG)
+    with pytest.raises(ValueError, match="needs a source"):
+        CompiledNetwork("unet", None)
+    net = CompiledNetwork("unet", None, source=source, static_shapes=1)
+    assert net.compiled is None and net.precision == "f32"  # the precision it will compile with
+    net.static._compile = lambda shapes: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    inputs = unet_inputs(ov_engine, 1, 8, 8, seed=12)
+    (out,) = net(*inputs)  # no variant: the dynamic model is compiled now and serves the call
+    assert net.compiled is not None and net.dynamic_calls == 1 and out.shape == inputs[0].shape
+    other = CompiledNetwork("unet", None, source=source, static_shapes=1)
+    other.set_static_shapes(0)  # every call runs the dynamic model from now on: compiled right away
+    assert other.compiled is not None and close(other(*inputs)[0], out)
