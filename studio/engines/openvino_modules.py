@@ -90,6 +90,11 @@ class CompiledNetwork:
         """The dynamic-shape compiled model; None while no call has needed it (looking does not compile it)."""
         return self._compiled
 
+    @property
+    def request(self) -> ov.InferRequest | None:
+        """The dynamic model's infer request (None while it is not compiled); calls go through `__call__`."""
+        return self._request
+
     def _dynamic(self) -> tuple[ov.CompiledModel, ov.InferRequest]:
         """The dynamic model and its request, compiling them on first use; the caller holds `self.lock`."""
         if self._compiled is None or self._request is None:
