@@ -523,7 +523,7 @@ def load_prepared_pipeline(
         )
     precision = parse_enum(Precision, "precision", precision)
     core = core or ov.Core()
-    report, config = _new_report(precision, manifest.folder / "openvino", core)
+    report, config = _new_report(precision, manifest.folder / "openvino", core, manifest.weights)  # the IR's
     try:
         modules = weightless_components(manifest.folder)
         index = json.loads((manifest.folder / "model_index.json").read_text())

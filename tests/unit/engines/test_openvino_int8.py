@@ -88,6 +88,9 @@ def test_fp16_weights_are_a_separate_cache_entry_without_int8(int8_engine):
     by_name = {c.name: c for c in report.components}
     assert report.weights == "fp16" and not by_name["unet"].cache_hit and by_name["vae_decoder"].cache_hit
     assert _consumers_of_int8(f"{by_name['unet'].ir_dir}/model.xml") == []
+    warm = engines.build(settings)  # from the warm entry: its report names the weights of the IR it loaded
+    warm.load()
+    assert warm.accelerator.report.warm and warm.accelerator.report.weights == "fp16"
 
 
 def test_the_setting_is_a_flag_and_a_variable_and_a_bad_value_names_it():
