@@ -44,8 +44,9 @@ _RESERVED = ("code", "Lora", "VAE")
 # reinstalled; gradio is studio-only. openai-clip stays: it carries the CLIP BPE vocabulary that single-file
 # checkpoints need to build their tokenizer offline. Used when the repo's requirements.txt is not next to the package.
 _CONTAINER_EXCLUDE = {"torch", "torchvision", "torchaudio", "gradio", "gradio-client", "playwright"}
-# The CPU fast path (--engine openvino): a GPU endpoint never uses it (~180 MB of wheels and install time).
-_CPU_ONLY = {"openvino", "openvino-telemetry"}
+# The CPU fast path (--engine openvino, and NNCF for its int8 weights): a GPU endpoint never uses it (~180 MB of
+# wheels and install time; NNCF adds scikit-learn, scipy and ninja to the closure).
+_CPU_ONLY = {"openvino", "openvino-telemetry", "nncf"}
 _FALLBACK_REQUIREMENTS = [
     "diffusers==0.42.1",
     "transformers==5.23.0",

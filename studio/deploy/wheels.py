@@ -130,10 +130,26 @@ def download_wheels(pins: list[str], dest: Path, target: WheelTarget, *, timeout
         archive.unlink()
     wheels = sorted(dest.glob("*.whl"))
     for wheel in wheels:
-        if "-none-any" not in wheel.name and f"cp{target.python_version.replace('.', '')}" not in wheel.name:
-            if "abi3" not in wheel.name:
-                raise DeployError("package", f"{wheel.name} is not for Python {target.python_version}")
+        if not for_python(wheel.name, target.python_version):
+            raise DeployError("package", f"{wheel.name} is not for Python {target.python_version}")
     return wheels
+
+
+def for_python(wheel_name: str, python_version: str) -> bool:
+    """True when one of the wheel's tags runs on CPython `python_version` ("3.12"): its own cp312 build, the stable
+    ABI (abi3) from an older CPython 3, or any Python 3 without an ABI (py3-none-any, and py3-none-<platform> such as
+    ninja's binary wheels). The platform is pip's to choose (`--platform`)."""
+    from packaging.utils import parse_wheel_filename
+
+    minor = int(python_version.split(".")[1])
+    for tag in parse_wheel_filename(wheel_name)[3]:
+        if tag.interpreter in ("py3", f"py3{minor}") and tag.abi == "none":
+            return True
+        if tag.interpreter == f"cp3{minor}" and tag.abi in (f"cp3{minor}", "abi3", "none"):
+            return True
+        if tag.abi == "abi3" and re.fullmatch(r"cp3\d+", tag.interpreter) and int(tag.interpreter[3:]) <= minor:
+            return True
+    return False
 
 
 def _pip(command: list[str], timeout: float, what: str) -> None:

@@ -155,8 +155,26 @@ def test_container_requirements_leave_torch_to_the_dlc():
     assert "diffusers" in names and "transformers" in names
     assert not names & {"torch", "torchvision", "gradio", "gradio_client"}
     assert "openai-clip" in names  # single-file checkpoints build their CLIP tokenizer from its vocabulary
-    assert not names & {"openvino", "openvino-telemetry"}  # the CPU engine: a GPU endpoint never uses it
-    assert "openvino" in {r.split("==")[0].lower() for r in container_requirements(gpu=False)}
+    assert not names & {"openvino", "openvino-telemetry", "nncf"}  # the CPU engine: a GPU endpoint never uses it
+    assert {"openvino", "nncf"} <= {r.split("==")[0].lower() for r in container_requirements(gpu=False)}
+
+
+@pytest.mark.parametrize(
+    ("wheel", "python", "runs"),
+    [
+        ("diffusers-0.42.1-py3-none-any.whl", "3.12", True),
+        ("ninja-1.13.2-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl", "3.12", True),  # NNCF needs it
+        ("numpy-2.4.6-cp312-cp312-manylinux_2_27_x86_64.whl", "3.12", True),
+        ("numpy-2.4.6-cp311-cp311-manylinux_2_27_x86_64.whl", "3.12", False),
+        ("cryptography-46.0.0-cp311-abi3-manylinux_2_34_x86_64.whl", "3.12", True),
+        ("cryptography-46.0.0-cp311-abi3-manylinux_2_34_x86_64.whl", "3.10", False),
+        ("oldpkg-1.0-py2-none-any.whl", "3.12", False),
+    ],
+)
+def test_a_vendored_wheel_must_run_on_the_containers_python(wheel, python, runs):
+    from studio.deploy.wheels import for_python
+
+    assert for_python(wheel, python) is runs
 
 
 def test_vendored_wheels_are_the_pinned_closure_for_the_containers_python(monkeypatch, tmp_path):
