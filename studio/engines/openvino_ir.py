@@ -193,7 +193,7 @@ def _convert(spec: TraceSpec, module: torch.nn.Module, xml: Path, weights: str) 
     model.reshape({model.inputs[i]: ov.PartialShape(shape) for i, shape in enumerate(spec.shapes)})
     if wants_int8(spec.name, weights):
         model = compress_int8(model)  # cold SD 1.5 load: peak 5.5 GB with it, 4.7 GB without
-    ov.save_model(model, str(xml), compress_to_fp16=weights != "fp32")
+    ov.save_model(model, str(xml), compress_to_fp16=weights == "fp16")  # compress_int8 has made int8's fp16
     del model
     gc.collect()
 

@@ -45,6 +45,25 @@ def _consumers_of_int8(xml: str) -> list[str]:
     return found
 
 
+def _float_weight_types(xml: str, min_elements: int = 64) -> set[str]:
+    """Element types of the IR's float constants with at least `min_elements` values (weights, not scalars)."""
+    model = ov.Core().read_model(xml)
+    types = set()
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Constant" and shape_size(op) >= min_elements:
+            kind = op.get_element_type().get_type_name()
+            types |= {kind} if kind.startswith(("f", "bf")) else set()
+    return types
+
+
+def shape_size(op) -> int:
+    return int(np.prod(op.get_output_shape(0))) if len(op.get_output_shape(0)) else 1
+
+
+def _ir_dir(report, network: str) -> str:
+    return next(c.ir_dir for c in report.components if c.name == network)
+
+
 @pytest.fixture(scope="module")
 def int8_engine(tmp_path_factory):
     engine = engines.build(
@@ -66,6 +85,8 @@ def test_only_matmul_and_embedding_weights_of_unet_and_text_encoder_are_int8(int
     assert consumers["unet"] and set(consumers["unet"]) <= {"MatMul"}
     assert consumers["text_encoder"] and set(consumers["text_encoder"]) <= {"MatMul", "Gather"}
     assert consumers["vae_decoder"] == [] and consumers["vae_encoder"] == []
+    for network in ("unet", "text_encoder"):  # the other weights are fp16, as in the fp16 IR (never left f32)
+        assert _float_weight_types(f"{_ir_dir(report, network)}/model.xml") == {"f16"}
 
 
 def test_int8_pixels_stay_within_the_bf16_bounds_against_torch(int8_engine):
