@@ -20,8 +20,7 @@ from typing import Any, TypeVar
 
 from studio.types import Limits, RequestError
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 E = TypeVar("E", bound=StrEnum)
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
@@ -66,6 +65,7 @@ class OpenVINOWeights(StrEnum):  # the OpenVINO IR's weight format (optimum-inte
     FP16 = "fp16"
     FP32 = "fp32"
     INT8 = "int8"  # UNet and text-encoder MatMul weights int8 per channel (NNCF): -0.4 GB for SD 1.5; convs fp16
+    INT8_HYBRID = "int8-hybrid"  # int8 as above, and the UNet's convs and attention in int8 (calibrated; faster)
 
 
 _ALIASES: dict[type[StrEnum], dict[str, str]] = {
@@ -327,7 +327,7 @@ _ENGINE_OPTIONS = (
     _Option("kind", "--engine", "STUDIO_ENGINE", _enum(EngineKind), "torch (default) or openvino (CPU fast path)"),
     _Option("precision", "--openvino-precision", "STUDIO_OPENVINO_PRECISION", _enum(Precision), "bf16 or f32"),
     _Option("openvino_weights", "--openvino-weights", "STUDIO_OPENVINO_WEIGHTS", _enum(OpenVINOWeights),
-            "IR weights: auto (int8; fp32 for f32), int8 (MatMuls int8, rest fp16), fp16 or fp32"),
+            "IR weights: auto (int8; fp32 for f32), int8 (MatMuls), int8-hybrid (faster, less exact), fp16, fp32"),
     _Option("openvino_cache", None, "STUDIO_OPENVINO_CACHE", _path),
     _Option("openvino_static_shapes", "--openvino-static-shapes", "STUDIO_OPENVINO_STATIC_SHAPES", parse_int,
             f"static-shape variants kept per network ({DEFAULT_OPENVINO_STATIC_SHAPES}); 0: dynamic IR only"),

@@ -42,6 +42,7 @@ from studio.config import DEFAULT_OPENVINO_STATIC_SHAPES, Device, OpenVINOWeight
 from studio.engine import ModelLoadError
 from studio.engines.local import AcceleratorStatus
 from studio.engines.openvino_export import COMPONENTS, ExportManifest, manifest_for, read_manifest
+from studio.engines.openvino_int8 import calibration_for
 from studio.engines.openvino_ir import (
     TraceSpec,
     ir_path,
@@ -70,6 +71,7 @@ from studio.types import Task
 logger = logging.getLogger(__name__)
 
 _DEVICE = "CPU"  # the OpenVINO device the networks are compiled for
+WEIGHT_NOTES = {"int8": " with int8 MatMul weights", "int8-hybrid": " with int8 weights and int8 UNet convolutions"}
 SPECS: dict[str, Callable[[Any], list[TraceSpec]]] = {
     "unet": unet_specs,
     "text_encoder": text_encoder_specs,
@@ -132,7 +134,7 @@ class OpenVINOReport:
 
         parts = ", ".join(f"{c.name}{origin(c)}" for c in self.components)
         warm = " from the warm IR cache (no torch weights)" if self.warm else ""
-        int8 = " with int8 MatMul weights" if self.weights == "int8" else ""
+        int8 = WEIGHT_NOTES.get(self.weights, "")
         return f"OpenVINO {self.version.split('-')[0]}, {self.precision}{int8}: {parts}{warm} in {self.seconds:.1f}s"
 
     def merge(self, other: OpenVINOReport) -> OpenVINOReport:
@@ -238,11 +240,11 @@ def _new_report(
 
 def _modules_to_convert(
     pipes: Iterable[DiffusionPipeline],
-) -> list[tuple[str, torch.nn.Module, ExportManifest | None]]:
-    """(attribute, module, the prepared export it came from or None) for every UNet / text encoder / VAE of
-    `pipes`, each shared module once."""
+) -> list[tuple[str, torch.nn.Module, ExportManifest | None, DiffusionPipeline]]:
+    """(attribute, module, the prepared export it came from or None, its pipeline) for every UNet / text encoder /
+    VAE of `pipes`, each shared module once."""
     seen: set[int] = set()
-    todo: list[tuple[str, torch.nn.Module, ExportManifest | None]] = []
+    todo: list[tuple[str, torch.nn.Module, ExportManifest | None, DiffusionPipeline]] = []
     for pipe in pipes:
         check_supported(pipe)
         manifest = manifest_for(pipe)
@@ -251,7 +253,7 @@ def _modules_to_convert(
             if module is None or id(module) in seen or is_openvino_module(module):
                 continue
             seen.add(id(module))
-            todo.append((attr, module, manifest))
+            todo.append((attr, module, manifest, pipe))
     return todo
 
 
@@ -302,9 +304,10 @@ def _compile_module(
     report: OpenVINOReport,
     cache: Path,
     manifest: ExportManifest | None = None,
+    pipe: DiffusionPipeline | None = None,
 ) -> dict[str, CompiledNetwork]:
     """The compiled networks of one module, recorded in `report`: from the prepared export's IR when `manifest`
-    vouches for this module (no conversion, no fingerprint), else converted or read from the cache."""
+    vouches for it, else converted (`pipe` calibrates an int8-hybrid UNet) or read from the cache."""
     if manifest is not None:
         prepared = manifest.ir_files(attr)
         if prepared:
@@ -313,9 +316,8 @@ def _compile_module(
     compiled: dict[str, CompiledNetwork] = {}
     for spec in SPECS[attr](module):
         try:
-            xml, hit, convert_seconds = ir_path(
-                spec, module, fingerprint, cache, report.weights, report.version
-            )
+            calib = calibration_for(pipe, module) if pipe is not None and attr == "unet" else None
+            xml, hit, convert_seconds = ir_path(spec, module, fingerprint, cache, report.weights, report.version, calib)
         except ModelLoadError:
             raise
         except Exception as exc:
@@ -356,10 +358,10 @@ def apply_openvino(
     core = ov.Core()
     weights = parse_enum(OpenVINOWeights, "openvino_weights", weights)
     report, config = _new_report(precision, folder, core, weights.value)
-    for attr, module, manifest in _modules_to_convert(pipes):
+    for attr, module, manifest, pipe in _modules_to_convert(pipes):
         if manifest is None or not manifest.ir_files(attr):
             folder.mkdir(parents=True, exist_ok=True)  # only when something may be converted into the cache
-        _install(attr, module, _compile_module(attr, module, core, config, report, folder, manifest))
+        _install(attr, module, _compile_module(attr, module, core, config, report, folder, manifest, pipe))
         if release_torch_weights:
             release_weights(module)
     gc.collect()

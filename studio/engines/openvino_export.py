@@ -205,6 +205,7 @@ def export_openvino(
 
     from studio import models
     from studio.engines.openvino import SPECS, check_supported, default_cache_dir
+    from studio.engines.openvino_int8 import calibration_for
     from studio.engines.openvino_ir import ir_path, module_fingerprint, weight_format
     from studio.models.hashing import sha256_files
 
@@ -231,7 +232,8 @@ def export_openvino(
                 raise ModelLoadError(f"{source.name}: the pipeline has no {attr}; nothing to export")
             fingerprint = module_fingerprint(module)
             for spec in SPECS[attr](module):
-                xml, hit, seconds = ir_path(spec, module, fingerprint, cache, manifest.weights, version)
+                calib = calibration_for(pipe, module) if attr == "unet" else None
+                xml, hit, seconds = ir_path(spec, module, fingerprint, cache, manifest.weights, version, calib)
                 logger.info("%s IR %s (%.0fs)", spec.name, "from the cache" if hit else "converted", seconds)
                 manifest.add_ir(tmp, spec.name, attr, xml.parent)
         unet_weights = sorted(p for p in (tmp / "unet").iterdir() if p.suffix in _WEIGHT_SUFFIXES)

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,13 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
-from studio.engines.openvino_int8 import INT8, compress_int8, wants_int8
+from studio.engine import ModelLoadError
+from studio.engines.openvino_int8 import HYBRID, INT8, compress_int8, quantize_hybrid, wants_hybrid, wants_int8
 from studio.fs import file_lock, staged_dir
 
 logger = logging.getLogger(__name__)
 
+Calibration = Callable[[], list[list[Any]]]  # the UNet's calibration inputs, made only when it is converted
 IR_FORMAT_VERSION = 1  # bump when the wrappers or conversion settings change, so old IR is not reused
 
 
@@ -182,16 +184,22 @@ def no_telemetry() -> Iterator[None]:
             module.tm = original
 
 
-def _convert(spec: TraceSpec, module: torch.nn.Module, xml: Path, weights: str) -> None:
+def _convert(
+    spec: TraceSpec, module: torch.nn.Module, xml: Path, weights: str, calibrate: Calibration | None = None
+) -> None:
     """Trace `module` with `spec`, set the dynamic input shapes and save the IR to `xml` with `weights` ("fp32",
-    "fp16", or "int8": studio.engines.openvino_int8 for the networks it applies to, fp16 for the others)."""
+    "fp16", "int8" or "int8-hybrid": studio.engines.openvino_int8; the hybrid one is calibrated on `calibrate()`)."""
     wrapper = _WRAPPERS[spec.name](module).eval()
     with torch.inference_mode(False), torch.no_grad(), no_telemetry(), warnings.catch_warnings():
         # The tracer warns about every shape-dependent Python branch; the traced paths are the intended ones.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         model = ov.convert_model(wrapper, example_input=spec.example)
     model.reshape({model.inputs[i]: ov.PartialShape(shape) for i, shape in enumerate(spec.shapes)})
-    if wants_int8(spec.name, weights):
+    if wants_hybrid(spec.name, weights):
+        if calibrate is None:
+            raise ModelLoadError(f"--openvino-weights {HYBRID}: the {spec.name} needs calibration inputs to quantize")
+        model = quantize_hybrid(model, calibrate())
+    elif wants_int8(spec.name, weights):
         model = compress_int8(model)  # cold SD 1.5 load: peak 5.5 GB with it, 4.7 GB without
     ov.save_model(model, str(xml), compress_to_fp16=weights == "fp16")  # compress_int8 has made int8's fp16
     del model
@@ -212,12 +220,19 @@ def weight_format(precision: str, weights: str = "auto") -> str:
 
 
 def ir_path(
-    spec: TraceSpec, module: torch.nn.Module, fingerprint: str, cache: Path, weights: str, version: str
+    spec: TraceSpec,
+    module: torch.nn.Module,
+    fingerprint: str,
+    cache: Path,
+    weights: str,
+    version: str,
+    calibrate: Calibration | None = None,
 ) -> tuple[Path, bool, float]:
     """The IR for this network in weight format `weights` (`weight_format`), converting and caching it if needed:
-    (xml path, cache hit, convert seconds)."""
-    if weights == INT8 and not wants_int8(spec.name, weights):
-        weights = "fp16"  # the networks int8 leaves alone share the fp16 IR
+    (xml path, cache hit, convert seconds). `calibrate` makes the calibration inputs of an int8-hybrid network."""
+    if weights in (INT8, HYBRID) and not wants_hybrid(spec.name, weights):
+        # The networks int8 leaves alone share the fp16 IR; those hybrid mode leaves at int8 weights, the int8 one.
+        weights = INT8 if wants_int8(spec.name, weights) else "fp16"
     key = ir_key(fingerprint, spec.name, spec.shape_key, weights, version)
     folder = cache / f"{spec.name}-{key}"
     xml = folder / "model.xml"
@@ -239,7 +254,7 @@ def ir_path(
         }
         # Under the lock, an existing folder is an incomplete leftover of ours (complete ones returned above).
         with staged_dir(folder, replace=lambda leftover: not _complete(leftover)) as tmp:
-            _convert(spec, module, tmp / "model.xml", weights)
+            _convert(spec, module, tmp / "model.xml", weights, calibrate)
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         seconds = time.perf_counter() - started
         logger.info("converted %s in %.1fs", spec.name, seconds)

@@ -6,7 +6,7 @@ python -m studio.models build-demo-lora PATH.safetensors [--seed N]
 python -m studio.models build-demo-vae PATH.safetensors
 python -m studio.models build-demo-taesd [MODELS_DIR] [--a1111] [--decoder-only]
 python -m studio.models list [MODELS_DIR]
-python -m studio.models export-openvino MODEL DIR [--precision bf16|f32] [--weights auto|int8|fp16|fp32]
+python -m studio.models export-openvino MODEL DIR [--precision bf16|f32] [--weights auto|int8|int8-hybrid|fp16|fp32]
                                           [--models-dir DIR]
 """
 
@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
         "--weights",
         choices=[w.value for w in OpenVINOWeights],
         default=OpenVINOWeights.AUTO.value,
-        help="the IR weights, as the engine's --openvino-weights: auto (int8 for bf16, fp32 for f32), int8, fp16, fp32",
+        help="the IR weights, as the engine's --openvino-weights: auto (int8 for bf16, fp32 for f32), int8, "
+        "int8-hybrid (the UNet's convolutions int8 too, calibrated here), fp16, fp32",
     )
     export.add_argument("--models-dir", type=Path, default=Path("models"), help="where MODEL names are looked up")
     return parser

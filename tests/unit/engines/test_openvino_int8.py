@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -119,7 +120,8 @@ def test_the_setting_is_a_flag_and_a_variable_and_a_bad_value_names_it():
     assert load_settings(["--openvino-weights", "fp16"], environ={}).engine.openvino_weights is OpenVINOWeights.FP16
     loaded = load_settings([], environ={"STUDIO_OPENVINO_WEIGHTS": "fp32"})
     assert loaded.engine.openvino_weights is OpenVINOWeights.FP32
-    with pytest.raises(ConfigError, match="openvino_weights: expected one of auto, fp16, fp32, int8, got 'int4'"):
+    expected = "openvino_weights: expected one of auto, fp16, fp32, int8, int8-hybrid, got 'int4'"
+    with pytest.raises(ConfigError, match=expected):
         EngineSettings(openvino_weights="int4")
 
 
@@ -135,3 +137,80 @@ def test_nncf_gets_its_no_op_telemetry_and_openvino_telemetry_is_left_as_it_was(
 
     assert not isinstance(wrapper.telemetry, wrapper.NNCFTelemetry)  # the stub: nothing is sent
     assert sys.modules.get("openvino_telemetry") is not None  # restored after NNCF's import
+
+
+# --- int8-hybrid: the UNet's convolutions and attention products int8 too, calibrated at conversion ---
+
+
+@pytest.fixture(scope="module")
+def hybrid_engine(int8_engine):
+    settings = EngineSettings(
+        model="demo", kind="openvino", openvino_weights="int8-hybrid", openvino_cache=int8_engine.accelerator.cache
+    )
+    engine = engines.build(settings)
+    engine.load()
+    return engine
+
+
+def _op_types(xml: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in ov.Core().read_model(xml).get_ordered_ops():
+        counts[op.get_type_name()] = counts.get(op.get_type_name(), 0) + 1
+    return counts
+
+
+def test_hybrid_quantizes_the_unets_convolutions_and_shares_the_other_networks_ir(int8_engine, hybrid_engine):
+    report = hybrid_engine.accelerator.report
+    assert report.weights == "int8-hybrid" and "int8 UNet convolutions" in report.summary()
+    hybrid, plain = ({c.name: c for c in r.components} for r in (report, int8_engine.accelerator.report))
+    assert not hybrid["unet"].cache_hit and hybrid["unet"].ir_dir != plain["unet"].ir_dir
+    for network in ("text_encoder", "vae_decoder", "vae_encoder"):  # int8 weights / fp16: the int8 engine's entries
+        assert hybrid[network].cache_hit and hybrid[network].ir_dir == plain[network].ir_dir
+    unet_xml = f"{hybrid['unet'].ir_dir}/model.xml"
+    assert _op_types(unet_xml).get("FakeQuantize", 0) > _op_types(unet_xml)["Convolution"]  # inputs and weights
+    assert "FakeQuantize" not in _op_types(f"{plain['unet'].ir_dir}/model.xml")
+    consumers = set(_consumers_of_int8(unet_xml))
+    assert {"MatMul", "Convolution"} <= consumers  # MatMul weights compressed, convolution weights quantized
+
+
+def test_hybrid_pixels_stay_within_the_bf16_bounds_and_repeat(hybrid_engine):
+    torch_engine = LocalEngine("demo", device="cpu")
+    torch_engine.load()
+    diff = np.abs(_pixels(hybrid_engine) - _pixels(torch_engine))
+    assert diff.mean() < BF16_MEAN and diff.max() <= BF16_MAX
+    assert np.array_equal(_pixels(hybrid_engine), _pixels(hybrid_engine))  # same seed, same pixels
+    img2img = GenerationRequest(prompt="a cat", width=128, height=128, steps=6, seed=5, strength=0.6,
+                                image=Image.new("RGB", (128, 128), (200, 40, 90)))
+    assert hybrid_engine.generate(img2img).images[0].size == (128, 128)
+
+
+def test_calibration_inputs_are_guided_steps_across_the_schedule_and_deterministic(int8_engine):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from studio.engines.openvino_int8 import CALIBRATION_SAMPLES, unet_calibration
+    from studio.models.demo import demo_model_dir
+
+    folder = demo_model_dir()
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").eval()
+    first, again = (unet_calibration(tokenizer, text_encoder, 4) for _ in range(2))
+    assert len(first) == CALIBRATION_SAMPLES
+    sample, timestep, states = first[0]
+    assert sample.shape == (2, 4, 32, 32) and states.shape == (2, 77, text_encoder.config.hidden_size)
+    assert not np.array_equal(states[0], states[1])  # negative (empty) and positive prompt
+    timesteps = [float(t) for _, t, _ in first]
+    assert max(timesteps) >= 990 and min(timesteps) <= 10
+    assert all(np.array_equal(a, b) for x, y in zip(first, again, strict=True) for a, b in zip(x, y, strict=True))
+
+
+def test_a_hybrid_unet_without_calibration_inputs_is_a_load_error(tmp_path):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from studio.engines.openvino_ir import ir_path, unet_specs
+    from studio.models.demo import demo_model_dir
+
+    unet = UNet2DConditionModel.from_pretrained(demo_model_dir() / "unet").eval()
+    with torch.no_grad(), pytest.raises(ModelLoadError, match="int8-hybrid: the unet needs calibration inputs"):
+        ir_path(unet_specs(unet)[0], unet, "f" * 16, tmp_path, "int8-hybrid", ov.get_version())
+    assert not list(tmp_path.glob("unet-*/model.xml"))  # nothing half-made is left for the next load
