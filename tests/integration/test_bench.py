@@ -252,6 +252,29 @@ def test_openvino_memory_compares_fresh_process_peaks(monkeypatch):
     assert goals["openvino_vs_torch.cold_convert_peak_rss_mb"]["met"] is True
 
 
+def test_the_hybrid_engine_is_measured_like_the_default_one(monkeypatch):
+    """openvino_vs_torch.hybrid: one openvino_speed worker with int8-hybrid weights, and the same derived fields."""
+    from bench.sections import QUICK, Context, openvino_hybrid
+
+    calls = []
+
+    def worker(self, task, **args):
+        calls.append((task, args))
+        step = {"openvino_step_s": {"median": 2.0}, "torch_step_s": {"median": 8.0}, "speedup": 4.0}
+        e2e = {"size": 512, "steps": 4, "openvino_s": 12.0, "torch_s": 40.0, "speedup": 3.33}
+        return {"per_size": {"512": step}, "speedup": 4.0, "end_to_end": e2e}
+
+    monkeypatch.setattr(Context, "worker", worker)
+    monkeypatch.setattr(Context, "hardware", lambda self: {"bf16_matmul_tflops": 0.5, "unet_tflop": {"512": 1.6}})
+    out = openvino_hybrid(Context(QUICK), 512, 3)
+    assert calls == [
+        ("openvino_speed", {"model": "sd15", "sizes": [512], "rounds": 3, "precision": "bf16:int8-hybrid",
+                            "e2e": [512, 4]})
+    ]
+    assert out["unet_peak_fraction_512"] == pytest.approx(1.6)  # int8 kernels may pass the bf16 peak
+    assert out["e2e_512"]["fixed_s"] == 4.0 and out["e2e_512"]["speedup_20"] == pytest.approx(168 / 44, abs=1e-3)
+
+
 def test_drafts_measure_each_vae_and_an_lcm_image_on_the_demo():
     pytest.importorskip("openvino")
     from bench.drafts import lcm_image, vae_decode
