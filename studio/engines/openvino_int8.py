@@ -29,8 +29,6 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from openvino._offline_transformations import compress_model_transformation
-
 from studio.engine import ModelLoadError
 
 INT8 = "int8"
@@ -78,12 +76,9 @@ def wants_hybrid(network: str, weights: str) -> bool:
 
 
 def compress_int8(model: Any) -> Any:
-    """`model` (an openvino.Model, changed in place and returned) with its MatMul and embedding weights int8 per output
-    channel (asymmetric) and its other float weights fp16. Data-free: no calibration images are needed."""
+    """`model` (an openvino.Model, read from its fp16 IR) with its MatMul and embedding weights int8 per output channel
+    (asymmetric), the other weights as they were. Data-free: no calibration images are needed."""
     nncf = _nncf()
-    # The other float weights (convolutions, norms, biases) to fp16 first, as `ov.save_model` would: it skips that
-    # for a model NNCF has compressed, which left SD 1.5's convolutions f32 (a 2.6 GB IR instead of 1.3 GB).
-    compress_model_transformation(model)
     return nncf.compress_weights(
         model,
         mode=nncf.CompressWeightsMode.INT8_ASYM,
