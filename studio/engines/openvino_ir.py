@@ -34,7 +34,15 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from studio.engine import ModelLoadError
-from studio.engines.openvino_int8 import HYBRID, INT8, compress_int8, quantize_hybrid, wants_hybrid, wants_int8
+from studio.engines.openvino_int8 import (
+    HYBRID,
+    HYBRID_RECIPE,
+    INT8,
+    compress_int8,
+    quantize_hybrid,
+    wants_hybrid,
+    wants_int8,
+)
 from studio.engines.openvino_pages import MappedWeights
 from studio.fs import file_lock, staged_dir
 
@@ -250,7 +258,8 @@ def ir_path(
     if weights in (INT8, HYBRID) and not wants_hybrid(spec.name, weights):
         # The networks int8 leaves alone share the fp16 IR; those hybrid mode leaves at int8 weights, the int8 one.
         weights = INT8 if wants_int8(spec.name, weights) else "fp16"
-    key = ir_key(fingerprint, spec.name, spec.shape_key, weights, version)
+    recipe = f"{weights}.{HYBRID_RECIPE}" if weights == HYBRID else weights  # a new recipe is a new cache entry
+    key = ir_key(fingerprint, spec.name, spec.shape_key, recipe, version)
     folder = cache / f"{spec.name}-{key}"
     xml = folder / "model.xml"
     if _complete(folder):

@@ -31,8 +31,8 @@ def _pixels(engine, request=REQUEST) -> np.ndarray:
     return np.asarray(engine.generate(request).images[0].convert("RGB"), dtype=np.int16)
 
 
-def _consumers_of_int8(xml: str) -> list[str]:
-    """For every u8/i8 constant of the IR, the type of the first op past NNCF's decompression chain."""
+def _consumers_of_int8(xml: str, names: bool = False) -> list[str]:
+    """For every u8/i8 constant of the IR, the type (or the name) of the first op past NNCF's decompression chain."""
     model = ov.Core().read_model(xml)
     found = []
     for op in model.get_ordered_ops():
@@ -42,7 +42,7 @@ def _consumers_of_int8(xml: str) -> list[str]:
         while node.get_type_name() in PASS_THROUGH | {"Constant"}:
             (target,) = {t.get_node() for t in node.output(0).get_target_inputs()}
             node = target
-        found.append(node.get_type_name())
+        found.append(node.get_friendly_name() if names else node.get_type_name())
     return found
 
 
@@ -159,6 +159,10 @@ def _op_types(xml: str) -> dict[str, int]:
     return counts
 
 
+def _op_names(xml: str, kind: str) -> list[str]:
+    return [op.get_friendly_name() for op in ov.Core().read_model(xml).get_ordered_ops() if op.get_type_name() == kind]
+
+
 def test_hybrid_quantizes_the_unets_convolutions_and_shares_the_other_networks_ir(int8_engine, hybrid_engine):
     report = hybrid_engine.accelerator.report
     assert report.weights == "int8-hybrid" and "int8 UNet convolutions" in report.summary()
@@ -171,6 +175,10 @@ def test_hybrid_quantizes_the_unets_convolutions_and_shares_the_other_networks_i
     assert "FakeQuantize" not in _op_types(f"{plain['unet'].ir_dir}/model.xml")
     consumers = set(_consumers_of_int8(unet_xml))
     assert {"MatMul", "Convolution"} <= consumers  # MatMul weights compressed, convolution weights quantized
+    int8_ops = set(_consumers_of_int8(unet_xml, names=True))
+    for sensitive in ("conv_in", "conv_out", "conv_shortcut"):  # they stay bf16 (SENSITIVE_CONVOLUTIONS)
+        assert any(f".{sensitive}/" in name for name in _op_names(unet_xml, "Convolution"))
+        assert not any(f".{sensitive}/" in name for name in int8_ops)
 
 
 def test_hybrid_pixels_stay_within_the_bf16_bounds_and_repeat(hybrid_engine):
