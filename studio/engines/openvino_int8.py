@@ -67,6 +67,11 @@ def _nncf() -> Any:
     return nncf
 
 
+def recipe(weights: str) -> str:
+    """What the IR cache and the warm entries key on for `weights`: the weight format, versioned for int8-hybrid."""
+    return f"{weights}.{HYBRID_RECIPE}" if weights == HYBRID else weights
+
+
 def wants_int8(network: str, weights: str) -> bool:
     """True when `network` ("unet", "text_encoder", "vae_decoder", ...) gets int8 weights in IR of `weights`."""
     return weights in (INT8, HYBRID) and network in INT8_NETWORKS

@@ -36,10 +36,10 @@ from transformers import CLIPTextModel
 from studio.engine import ModelLoadError
 from studio.engines.openvino_int8 import (
     HYBRID,
-    HYBRID_RECIPE,
     INT8,
     compress_int8,
     quantize_hybrid,
+    recipe,
     wants_hybrid,
     wants_int8,
 )
@@ -258,8 +258,7 @@ def ir_path(
     if weights in (INT8, HYBRID) and not wants_hybrid(spec.name, weights):
         # The networks int8 leaves alone share the fp16 IR; those hybrid mode leaves at int8 weights, the int8 one.
         weights = INT8 if wants_int8(spec.name, weights) else "fp16"
-    recipe = f"{weights}.{HYBRID_RECIPE}" if weights == HYBRID else weights  # a new recipe is a new cache entry
-    key = ir_key(fingerprint, spec.name, spec.shape_key, recipe, version)
+    key = ir_key(fingerprint, spec.name, spec.shape_key, recipe(weights), version)  # a new recipe, a new entry
     folder = cache / f"{spec.name}-{key}"
     xml = folder / "model.xml"
     if _complete(folder):

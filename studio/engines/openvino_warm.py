@@ -80,6 +80,7 @@ def _model_files(source: Any) -> tuple[Path, list[Path]] | None:
 def warm_key(source: Any, weight_format: str, openvino_version: str) -> str | None:
     """The warm entry key of `source` for IR of `weight_format` ("int8"/"fp16"/"fp32"), or None when it has no
     local files."""
+    from studio.engines.openvino_int8 import recipe
     from studio.engines.openvino_ir import IR_FORMAT_VERSION
 
     found = _model_files(source)
@@ -87,7 +88,7 @@ def warm_key(source: Any, weight_format: str, openvino_version: str) -> str | No
         return None
     root, files = found
     digest = hashlib.sha256(
-        f"{source.kind}|{weight_format}|{openvino_version}|{IR_FORMAT_VERSION}|{WARM_FORMAT}".encode()
+        f"{source.kind}|{recipe(weight_format)}|{openvino_version}|{IR_FORMAT_VERSION}|{WARM_FORMAT}".encode()
     )
     for path in files:
         digest.update(path.relative_to(root).as_posix().encode())

@@ -222,3 +222,24 @@ def test_a_hybrid_unet_without_calibration_inputs_is_a_load_error(tmp_path):
     with torch.no_grad(), pytest.raises(ModelLoadError, match="int8-hybrid: the unet needs calibration inputs"):
         ir_path(unet_specs(unet)[0], unet, "f" * 16, tmp_path, "int8-hybrid", ov.get_version())
     assert not list(tmp_path.glob("unet-*/model.xml"))  # nothing half-made is left for the next load
+
+
+def test_a_new_hybrid_recipe_is_a_new_ir_and_warm_entry_never_the_old_one(monkeypatch, hybrid_engine, tmp_path):
+    from studio.engines import openvino_int8
+    from studio.engines.openvino_warm import warm_key
+    from studio.models import resolve_model
+
+    source = resolve_model("demo", tmp_path)
+    version = hybrid_engine.accelerator.report.version
+    before = warm_key(source, "int8-hybrid", version)
+    assert before != warm_key(source, "int8", version) and warm_key(source, "int8", version) is not None
+    monkeypatch.setattr(openvino_int8, "HYBRID_RECIPE", openvino_int8.HYBRID_RECIPE + 1)
+    assert warm_key(source, "int8-hybrid", version) != before
+    assert warm_key(source, "int8", version) == warm_key(source, "int8", version)  # the others keep theirs
+    settings = EngineSettings(
+        model="demo", kind="openvino", openvino_weights="int8-hybrid", openvino_cache=hybrid_engine.accelerator.cache
+    )
+    again = engines.build(settings)  # the old recipe's warm entry and UNet IR are there, and not used
+    again.load()
+    by_name = {c.name: c for c in again.accelerator.report.components}
+    assert not again.accelerator.report.warm and not by_name["unet"].cache_hit and by_name["text_encoder"].cache_hit
