@@ -130,7 +130,7 @@ def quantize_hybrid(model: Any, calibration: list[list[Any]]) -> Any:
     `SENSITIVE_CONVOLUTIONS` (and any attention MatMul) quantized, int8 weights and activations, with ranges from
     `calibration` (lists of the model's inputs in order). SmoothQuant off, as optimum-intel does for diffusion."""
     nncf = _nncf()
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     model = compress_int8(model)
     ignored = [*_weighted_matmuls(model), *_sensitive_convolutions(model)]
@@ -144,7 +144,9 @@ def quantize_hybrid(model: Any, calibration: list[list[Any]]) -> Any:
             subset_size=len(calibration),
             model_type=nncf.ModelType.TRANSFORMER,
             ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
-            advanced_parameters=AdvancedQuantizationParameters(smooth_quant_alpha=-1),
+            advanced_parameters=AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)  # off (convolutions: off by default)
+            ),
         )
     finally:
         nncf_log.setLevel(level)
