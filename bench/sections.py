@@ -353,8 +353,8 @@ def openvino(ctx: Context) -> dict[str, Any]:
 
 
 def openvino_hybrid(ctx: Context, size: int, rounds: int) -> dict[str, Any]:
-    """`openvino_vs_torch.hybrid`: the engine with --openvino-weights int8-hybrid (int8 convolutions and attention in
-    the UNet) measured as the default one is, against torch fp32: per step, a 4-step generation, the 20-step speedup
+    """`openvino_vs_torch.hybrid`: the engine with --openvino-weights int8-hybrid (int8 convolutions in the UNet)
+    measured as the default one is, against torch fp32: per step, a 4-step generation, the 20-step speedup
     derived from them, and its fraction of the bf16 peak (int8 kernels may pass 1)."""
     run = ctx.worker(
         "openvino_speed", model="sd15", sizes=[size], rounds=rounds, precision="bf16:int8-hybrid", e2e=[size, 4]

@@ -65,7 +65,7 @@ class OpenVINOWeights(StrEnum):  # the OpenVINO IR's weight format (optimum-inte
     FP16 = "fp16"
     FP32 = "fp32"
     INT8 = "int8"  # UNet and text-encoder MatMul weights int8 per channel (NNCF): -0.4 GB for SD 1.5; convs fp16
-    INT8_HYBRID = "int8-hybrid"  # int8 as above, and the UNet's convs and attention in int8 (calibrated; faster)
+    INT8_HYBRID = "int8-hybrid"  # int8 as above, and the UNet's convolutions int8 too (calibrated; faster)
 
 
 _ALIASES: dict[type[StrEnum], dict[str, str]] = {

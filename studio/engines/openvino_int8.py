@@ -7,14 +7,16 @@ activations stay bf16 (or f32). Convolutions are left in fp16: the plugin would 
 f32 at compile time, which *doubles* their memory (measured: 4.0 GB of anonymous memory for an all-int8 SD 1.5 UNet
 against 2.1 GB fp16). The VAE stays fp16 as well (it is nearly all convolutions, and it decides the pixels).
 
-Measured on SD 1.5 (random weights, 512², 2 threads, bf16, `python -m bench --only openvino`): see the bench
-fields `openvino_vs_torch.int8`; the demo model's pixel differences against torch are in `accuracy_demo.int8`.
+Measured on SD 1.5 (random weights, 512², 2 threads, bf16, `python -m bench --only openvino`): the default engine's
+`openvino_vs_torch` fields are int8's; the demo model's pixel differences against torch are in `accuracy_demo.bf16`
+(int8) beside `accuracy_demo.bf16:fp16`.
 
 `--openvino-weights int8-hybrid` goes further on the UNet (NNCF's hybrid mode, as optimum-intel quantizes diffusion
-models): the MatMul weights as above, and the convolutions and attention products run in int8 (VNNI / AMX-INT8
-kernels) with activation ranges calibrated once on UNet inputs the conversion makes itself (`unet_calibration`).
-Faster (SD 1.5 at 512², one step: 1.65 s against 2.12 s here) and less exact (the UNet output's mean difference
-from f32 is 4.6 % against 2.9 % with int8 weights): the bench's `openvino_vs_torch.hybrid` and `accuracy_demo`.
+models): the MatMul weights as above, and the convolutions run in int8 (VNNI / AMX-INT8 kernels) with activation
+ranges calibrated once on UNet inputs the conversion makes itself (`unet_calibration`); attention is one
+ScaledDotProductAttention op in the IR and stays bf16. Faster (SD 1.5 at 512², one step: 1.65 s against 2.12 s here)
+and less exact (the UNet output's mean difference from f32 is 4.6 % against 2.9 % with int8 weights): the bench's
+`openvino_vs_torch.hybrid` and `accuracy_demo`.
 
 NNCF is imported only while an IR is converted (warm loads read the compressed IR and never import it), with
 openvino_telemetry hidden so that NNCF picks its own no-op telemetry stub: the studio makes no network calls of its
@@ -33,7 +35,7 @@ from typing import Any
 from studio.engine import ModelLoadError
 
 INT8 = "int8"
-HYBRID = "int8-hybrid"  # int8 weights, and int8 activations into the UNet's convolutions and attention products
+HYBRID = "int8-hybrid"  # int8 weights, and int8 weights and activations for the UNet's convolutions
 INT8_NETWORKS = frozenset({"unet", "text_encoder"})  # the VAE's networks keep fp16 weights
 HYBRID_RECIPE = 2  # part of the hybrid IR's cache key: bump when its calibration or quantized scope changes
 HYBRID_NETWORKS = frozenset({"unet"})  # the text encoder runs once per image: int8 weights only
@@ -95,7 +97,7 @@ def compress_int8(model: Any) -> Any:
 
 def _weighted_matmuls(model: Any) -> list[str]:
     """Names of the MatMuls whose one input is a weight (a Constant, possibly behind NNCF's decompression chain):
-    they keep int8 weights with bf16 activations; the MatMuls of two activations (attention) are quantized."""
+    they keep int8 weights with bf16 activations (hybrid mode quantizes MatMuls of two activations only)."""
     names = []
     for op in model.get_ops():
         if op.get_type_name() != "MatMul":
@@ -127,8 +129,8 @@ def _sensitive_convolutions(model: Any) -> list[str]:
 
 def quantize_hybrid(model: Any, calibration: list[list[Any]]) -> Any:
     """`model` (the UNet) in NNCF's hybrid mode: int8 MatMul weights (`compress_int8`), then its convolutions but
-    `SENSITIVE_CONVOLUTIONS` (and any attention MatMul) quantized, int8 weights and activations, with ranges from
-    `calibration` (lists of the model's inputs in order). SmoothQuant off, as optimum-intel does for diffusion."""
+    `SENSITIVE_CONVOLUTIONS` (and any MatMul of two activations) quantized, int8 weights and activations, with ranges
+    from `calibration` (lists of the model's inputs in order). SmoothQuant off, as optimum-intel does for diffusion."""
     nncf = _nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 

@@ -139,7 +139,7 @@ def test_nncf_gets_its_no_op_telemetry_and_openvino_telemetry_is_left_as_it_was(
     assert sys.modules.get("openvino_telemetry") is not None  # restored after NNCF's import
 
 
-# --- int8-hybrid: the UNet's convolutions and attention products int8 too, calibrated at conversion ---
+# --- int8-hybrid: the UNet's convolutions int8 too, calibrated at conversion ---
 
 
 @pytest.fixture(scope="module")
