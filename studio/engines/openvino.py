@@ -42,7 +42,7 @@ from studio.config import DEFAULT_OPENVINO_STATIC_SHAPES, Device, OpenVINOWeight
 from studio.engine import ModelLoadError
 from studio.engines.local import AcceleratorStatus
 from studio.engines.openvino_export import COMPONENTS, ExportManifest, manifest_for, read_manifest
-from studio.engines.openvino_int8 import calibration_for
+from studio.engines.openvino_int8 import HYBRID, INT8, calibration_for
 from studio.engines.openvino_ir import (
     TraceSpec,
     ir_path,
@@ -71,7 +71,7 @@ from studio.types import Task
 logger = logging.getLogger(__name__)
 
 _DEVICE = "CPU"  # the OpenVINO device the networks are compiled for
-WEIGHT_NOTES = {"int8": " with int8 MatMul weights", "int8-hybrid": " with int8 weights and int8 UNet convolutions"}
+WEIGHT_NOTES = {INT8: " with int8 MatMul weights", HYBRID: " with int8 weights and int8 UNet convolutions"}
 SPECS: dict[str, Callable[[Any], list[TraceSpec]]] = {
     "unet": unet_specs,
     "text_encoder": text_encoder_specs,

@@ -84,6 +84,16 @@ def wants_hybrid(network: str, weights: str) -> bool:
     return weights == HYBRID and network in HYBRID_NETWORKS
 
 
+def network_weights(network: str, weights: str) -> str:
+    """The weight format of `network`'s own IR when the engine asks for `weights`: the networks int8 leaves alone
+    share the fp16 IR, and those hybrid mode leaves at int8 weights share the int8 one."""
+    if wants_hybrid(network, weights):
+        return HYBRID
+    if weights in (INT8, HYBRID):
+        return INT8 if wants_int8(network, weights) else "fp16"
+    return weights
+
+
 def compress_int8(model: Any) -> Any:
     """`model` (an openvino.Model, read from its fp16 IR) with its MatMul and embedding weights int8 per output channel
     (asymmetric), the other weights as they were. Data-free: no calibration images are needed."""

@@ -38,6 +38,7 @@ from studio.engines.openvino_int8 import (
     HYBRID,
     INT8,
     compress_int8,
+    network_weights,
     quantize_hybrid,
     recipe,
     wants_hybrid,
@@ -255,9 +256,7 @@ def ir_path(
 ) -> tuple[Path, bool, float]:
     """The IR for this network in weight format `weights` (`weight_format`), converting and caching it if needed:
     (xml path, cache hit, convert seconds). `calibrate` makes the calibration inputs of an int8-hybrid network."""
-    if weights in (INT8, HYBRID) and not wants_hybrid(spec.name, weights):
-        # The networks int8 leaves alone share the fp16 IR; those hybrid mode leaves at int8 weights, the int8 one.
-        weights = INT8 if wants_int8(spec.name, weights) else "fp16"
+    weights = network_weights(spec.name, weights)
     key = ir_key(fingerprint, spec.name, spec.shape_key, recipe(weights), version)  # a new recipe, a new entry
     folder = cache / f"{spec.name}-{key}"
     xml = folder / "model.xml"

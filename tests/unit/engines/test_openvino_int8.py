@@ -65,13 +65,17 @@ def _ir_dir(report, network: str) -> str:
     return next(c.ir_dir for c in report.components if c.name == network)
 
 
-@pytest.fixture(scope="module")
-def int8_engine(tmp_path_factory):
-    engine = engines.build(
-        EngineSettings(model="demo", kind="openvino", precision="bf16", openvino_cache=tmp_path_factory.mktemp("ir"))
-    )
+def _loaded(cache, weights: str = "auto"):
+    """A loaded OpenVINO engine on the demo model (bf16), with IR weights `weights`, its IR cache in `cache`."""
+    settings = EngineSettings(model="demo", kind="openvino", openvino_weights=weights, openvino_cache=cache)
+    engine = engines.build(settings)
     engine.load()
     return engine
+
+
+@pytest.fixture(scope="module")
+def int8_engine(tmp_path_factory):
+    return _loaded(tmp_path_factory.mktemp("ir"))
 
 
 def test_auto_weights_are_int8_for_bf16_and_fp32_for_f32():
@@ -101,17 +105,12 @@ def test_int8_pixels_stay_within_the_bf16_bounds_against_torch(int8_engine):
 
 
 def test_fp16_weights_are_a_separate_cache_entry_without_int8(int8_engine):
-    settings = EngineSettings(
-        model="demo", kind="openvino", openvino_weights="fp16", openvino_cache=int8_engine.accelerator.cache
-    )
-    engine = engines.build(settings)
-    engine.load()
+    engine = _loaded(int8_engine.accelerator.cache, "fp16")
     report = engine.accelerator.report
     by_name = {c.name: c for c in report.components}
     assert report.weights == "fp16" and not by_name["unet"].cache_hit and by_name["vae_decoder"].cache_hit
     assert _consumers_of_int8(f"{by_name['unet'].ir_dir}/model.xml") == []
-    warm = engines.build(settings)  # from the warm entry: its report names the weights of the IR it loaded
-    warm.load()
+    warm = _loaded(int8_engine.accelerator.cache, "fp16")  # from the warm entry: it names the weights of its IR
     assert warm.accelerator.report.warm and warm.accelerator.report.weights == "fp16"
 
 
@@ -144,12 +143,7 @@ def test_nncf_gets_its_no_op_telemetry_and_openvino_telemetry_is_left_as_it_was(
 
 @pytest.fixture(scope="module")
 def hybrid_engine(int8_engine):
-    settings = EngineSettings(
-        model="demo", kind="openvino", openvino_weights="int8-hybrid", openvino_cache=int8_engine.accelerator.cache
-    )
-    engine = engines.build(settings)
-    engine.load()
-    return engine
+    return _loaded(int8_engine.accelerator.cache, "int8-hybrid")
 
 
 def _op_types(xml: str) -> dict[str, int]:
@@ -236,10 +230,6 @@ def test_a_new_hybrid_recipe_is_a_new_ir_and_warm_entry_never_the_old_one(monkey
     monkeypatch.setattr(openvino_int8, "HYBRID_RECIPE", openvino_int8.HYBRID_RECIPE + 1)
     assert warm_key(source, "int8-hybrid", version) != before
     assert warm_key(source, "int8", version) == warm_key(source, "int8", version)  # the others keep theirs
-    settings = EngineSettings(
-        model="demo", kind="openvino", openvino_weights="int8-hybrid", openvino_cache=hybrid_engine.accelerator.cache
-    )
-    again = engines.build(settings)  # the old recipe's warm entry and UNet IR are there, and not used
-    again.load()
+    again = _loaded(hybrid_engine.accelerator.cache, "int8-hybrid")  # the old recipe's entry and IR stay unused
     by_name = {c.name: c for c in again.accelerator.report.components}
     assert not again.accelerator.report.warm and not by_name["unet"].cache_hit and by_name["text_encoder"].cache_hit
