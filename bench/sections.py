@@ -56,7 +56,8 @@ class Profile:
     # sd15 load + first image, each in a fresh process: (size, steps, also a cold conversion?); None: not measured
     openvino_memory: tuple[int, int, bool] | None = None
     openvino_static: tuple[int, int] | None = None  # dynamic vs static-shape UNet step: (size, rounds); None: not run
-    openvino_hybrid: tuple[int, int] | None = None  # the int8-hybrid UNet vs torch: (size, rounds); None: not run
+    # The calibrated int8 UNets (int8-hybrid, int8-full) vs torch, each: (size, rounds); None: not run
+    openvino_int8_modes: tuple[int, int] | None = None
     drafts_decode: tuple[str, int, int] = ("sd15", 256, 2)  # VAE decode per VAE: (model, size, interleaved rounds)
     drafts_lcm: tuple[str, int] | None = None  # a 4-step LCM image on OpenVINO: (model, size); None: not measured
     matmul_repeats: int = 5  # the machine's matmul peak: best of this many timed runs per library
@@ -130,7 +131,7 @@ FULL = Profile(
     a1111=("sd15", 256, 4, 3),
     openvino_memory=(512, 2, True),
     openvino_static=(512, 3),
-    openvino_hybrid=(512, 3),
+    openvino_int8_modes=(512, 3),
     drafts_decode=("sd15", 512, 3),
     drafts_lcm=("sd15", 512),
     lora_rss=("sd15", 128, 1, 50),
@@ -343,21 +344,26 @@ def openvino(ctx: Context) -> dict[str, Any]:
     if p.openvino_static is not None:
         size, rounds = p.openvino_static
         speed["static"] = ctx.worker("openvino_static", model="sd15", size=size, rounds=rounds, precision="bf16")
-    if p.openvino_hybrid is not None:
-        speed["hybrid"] = openvino_hybrid(ctx, *p.openvino_hybrid)
+    if p.openvino_int8_modes is not None:
+        for key, weights in INT8_MODES.items():
+            speed[key] = openvino_int8_mode(ctx, weights, *p.openvino_int8_modes)
     if not p.openvino_accuracy:
         return speed
-    precisions = ["f32", "bf16", "bf16:fp16", "bf16:int8-hybrid"]
+    precisions = ["f32", "bf16", "bf16:fp16", *(f"bf16:{weights}" for weights in INT8_MODES.values())]
     accuracy = ctx.worker("openvino_accuracy", precisions=precisions, size=256, steps=10)
     return {**speed, "accuracy_demo": accuracy}
 
 
-def openvino_hybrid(ctx: Context, size: int, rounds: int) -> dict[str, Any]:
-    """`openvino_vs_torch.hybrid`: the engine with --openvino-weights int8-hybrid (int8 convolutions in the UNet)
-    measured as the default one is, against torch fp32: per step, a 4-step generation, the 20-step speedup
-    derived from them, and its fraction of the bf16 peak (int8 kernels may pass 1)."""
+# openvino_vs_torch.<key>: --openvino-weights <value> (the calibrated int8 UNets)
+INT8_MODES = {"hybrid": "int8-hybrid", "full": "int8-full"}
+
+
+def openvino_int8_mode(ctx: Context, weights: str, size: int, rounds: int) -> dict[str, Any]:
+    """`openvino_vs_torch.hybrid` / `.full`: the engine with --openvino-weights `weights` (int8 convolutions in the
+    UNet; int8-full: its linear layers too) measured as the default one is, against torch fp32: per step, a 4-step
+    generation, the 20-step speedup derived from them, and its fraction of the bf16 peak (int8 kernels may pass 1)."""
     run = ctx.worker(
-        "openvino_speed", model="sd15", sizes=[size], rounds=rounds, precision="bf16:int8-hybrid", e2e=[size, 4]
+        "openvino_speed", model="sd15", sizes=[size], rounds=rounds, precision=f"bf16:{weights}", e2e=[size, 4]
     )
     run.update(peak_fraction(run, ctx.hardware()))
     run.update(end_to_end_costs(run))

@@ -66,6 +66,7 @@ class OpenVINOWeights(StrEnum):  # the OpenVINO IR's weight format (optimum-inte
     FP32 = "fp32"
     INT8 = "int8"  # UNet and text-encoder MatMul weights int8 per channel (NNCF): -0.4 GB for SD 1.5; convs fp16
     INT8_HYBRID = "int8-hybrid"  # int8 as above, and the UNet's convolutions int8 too (calibrated; faster)
+    INT8_FULL = "int8-full"  # the UNet's linear layers too (calibrated; fastest, least exact): openvino_int8
 
 
 _ALIASES: dict[type[StrEnum], dict[str, str]] = {
@@ -327,7 +328,7 @@ _ENGINE_OPTIONS = (
     _Option("kind", "--engine", "STUDIO_ENGINE", _enum(EngineKind), "torch (default) or openvino (CPU fast path)"),
     _Option("precision", "--openvino-precision", "STUDIO_OPENVINO_PRECISION", _enum(Precision), "bf16 or f32"),
     _Option("openvino_weights", "--openvino-weights", "STUDIO_OPENVINO_WEIGHTS", _enum(OpenVINOWeights),
-            "IR weights: auto (int8; fp32 for f32), int8 (MatMuls), int8-hybrid (faster, less exact), fp16, fp32"),
+            "IR weights: auto (int8; fp32 for f32), int8, int8-hybrid, int8-full (faster, less exact), fp16, fp32"),
     _Option("openvino_cache", None, "STUDIO_OPENVINO_CACHE", _path),
     _Option("openvino_static_shapes", "--openvino-static-shapes", "STUDIO_OPENVINO_STATIC_SHAPES", parse_int,
             f"static-shape variants kept per network ({DEFAULT_OPENVINO_STATIC_SHAPES}); 0: dynamic IR only"),
@@ -411,13 +412,8 @@ def studio_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py", description="SD Studio: a Stable Diffusion studio in your browser.")
     _add_flags(parser, _ENGINE_OPTIONS + _STUDIO_BACKEND_OPTIONS + _STUDIO_OPTIONS)
     # --no-api is the flag form of STUDIO_API=false (the API is on by default, as A1111's --api would be).
-    parser.add_argument(
-        "--no-api",
-        dest="no_api",
-        action="store_true",
-        default=None,
-        help="do not serve the A1111-compatible HTTP API /sdapi/v1 (STUDIO_API=false)",
-    )
+    parser.add_argument("--no-api", dest="no_api", action="store_true", default=None,
+                        help="do not serve the A1111-compatible HTTP API /sdapi/v1 (STUDIO_API=false)")
     return parser
 
 

@@ -42,7 +42,7 @@ from studio.config import DEFAULT_OPENVINO_STATIC_SHAPES, Device, OpenVINOWeight
 from studio.engine import ModelLoadError
 from studio.engines.local import AcceleratorStatus
 from studio.engines.openvino_export import COMPONENTS, ExportManifest, manifest_for, read_manifest
-from studio.engines.openvino_int8 import HYBRID, INT8, calibration_for
+from studio.engines.openvino_int8 import WEIGHT_NOTES, calibration_for
 from studio.engines.openvino_ir import (
     TraceSpec,
     ir_path,
@@ -71,7 +71,6 @@ from studio.types import Task
 logger = logging.getLogger(__name__)
 
 _DEVICE = "CPU"  # the OpenVINO device the networks are compiled for
-WEIGHT_NOTES = {INT8: " with int8 MatMul weights", HYBRID: " with int8 weights and int8 UNet convolutions"}
 SPECS: dict[str, Callable[[Any], list[TraceSpec]]] = {
     "unet": unet_specs,
     "text_encoder": text_encoder_specs,
@@ -134,8 +133,8 @@ class OpenVINOReport:
 
         parts = ", ".join(f"{c.name}{origin(c)}" for c in self.components)
         warm = " from the warm IR cache (no torch weights)" if self.warm else ""
-        int8 = WEIGHT_NOTES.get(self.weights, "")
-        return f"OpenVINO {self.version.split('-')[0]}, {self.precision}{int8}: {parts}{warm} in {self.seconds:.1f}s"
+        notes = f"{self.precision}{WEIGHT_NOTES.get(self.weights, '')}"
+        return f"OpenVINO {self.version.split('-')[0]}, {notes}: {parts}{warm} in {self.seconds:.1f}s"
 
     def merge(self, other: OpenVINOReport) -> OpenVINOReport:
         """This report with `other`'s networks (e.g. a dedicated inpainting model converted after the base)."""
@@ -307,7 +306,7 @@ def _compile_module(
     pipe: DiffusionPipeline | None = None,
 ) -> dict[str, CompiledNetwork]:
     """The compiled networks of one module, recorded in `report`: from the prepared export's IR when `manifest`
-    vouches for it, else converted (`pipe` calibrates an int8-hybrid UNet) or read from the cache."""
+    vouches for it, else converted (`pipe` calibrates a hybrid or full int8 UNet) or read from the cache."""
     if manifest is not None:
         prepared = manifest.ir_files(attr)
         if prepared:
@@ -316,7 +315,7 @@ def _compile_module(
     compiled: dict[str, CompiledNetwork] = {}
     for spec in SPECS[attr](module):
         try:
-            calib = calibration_for(pipe, module) if pipe is not None and attr == "unet" else None
+            calib = calibration_for(pipe, attr, module) if pipe is not None else None
             xml, hit, convert_seconds = ir_path(spec, module, fingerprint, cache, report.weights, report.version, calib)
         except ModelLoadError:
             raise

@@ -232,7 +232,7 @@ def export_openvino(
                 raise ModelLoadError(f"{source.name}: the pipeline has no {attr}; nothing to export")
             fingerprint = module_fingerprint(module)
             for spec in SPECS[attr](module):
-                calib = calibration_for(pipe, module) if attr == "unet" else None
+                calib = calibration_for(pipe, attr, module)
                 xml, hit, seconds = ir_path(spec, module, fingerprint, cache, manifest.weights, version, calib)
                 logger.info("%s IR %s (%.0fs)", spec.name, "from the cache" if hit else "converted", seconds)
                 manifest.add_ir(tmp, spec.name, attr, xml.parent)

@@ -13,10 +13,14 @@ Measured on SD 1.5 (random weights, 512², 2 threads, bf16, `python -m bench --o
 
 `--openvino-weights int8-hybrid` goes further on the UNet (NNCF's hybrid mode, as optimum-intel quantizes diffusion
 models): the MatMul weights as above, and the convolutions run in int8 (VNNI / AMX-INT8 kernels) with activation
-ranges calibrated once on UNet inputs the conversion makes itself (`unet_calibration`); attention is one
-ScaledDotProductAttention op in the IR and stays bf16. Faster (SD 1.5 at 512², one step: 1.65 s against 2.12 s here)
-and less exact (the UNet output's mean difference from f32 is 4.6 % against 2.9 % with int8 weights): the bench's
-`openvino_vs_torch.hybrid` and `accuracy_demo`.
+ranges calibrated once on UNet inputs the conversion makes itself (`unet_calibration`); so are the query and key of
+attention's ScaledDotProductAttention ops (the CPU runs those as int8 subgraphs). Faster (SD 1.5 at 512², one step:
+1.65 s against 2.12 s here) and less exact (the UNet output's mean difference from f32 is 4.6 % against 2.9 % with
+int8 weights): the bench's `openvino_vs_torch.hybrid` and `accuracy_demo`.
+
+`--openvino-weights int8-full` also quantizes the UNet's linear layers (NNCF's full quantization, as the OpenVINO
+notebooks quantize SD's UNet), so they run int8 kernels too: SD 1.5 at 512², one step 1.39 s against hybrid's 1.60 s
+(/tmp/probe/prof.py, PERF_COUNT). The bench's `openvino_vs_torch.full` and `accuracy_demo.bf16:int8-full`.
 
 NNCF is imported only while an IR is converted (warm loads read the compressed IR and never import it), with
 openvino_telemetry hidden so that NNCF picks its own no-op telemetry stub: the studio makes no network calls of its
@@ -36,9 +40,21 @@ from studio.engine import ModelLoadError
 
 INT8 = "int8"
 HYBRID = "int8-hybrid"  # int8 weights, and int8 weights and activations for the UNet's convolutions
+FULL = "int8-full"  # int8 weights and activations for the UNet's convolutions and linear layers
 INT8_NETWORKS = frozenset({"unet", "text_encoder"})  # the VAE's networks keep fp16 weights
-HYBRID_RECIPE = 2  # part of the hybrid IR's cache key: bump when its calibration or quantized scope changes
-HYBRID_NETWORKS = frozenset({"unet"})  # the text encoder runs once per image: int8 weights only
+# Part of a calibrated IR's cache key: bump when its calibration or quantized scope changes.
+HYBRID_RECIPE = 2
+FULL_RECIPE = 1
+# Networks with int8 activations too. The text encoder runs once per image: int8 weights only. The VAE decoder
+# stays fp16 although it is most of an image's fixed cost (SD 1.5 at 512²: 3.0 s, 1.8 s int8): int8 activations
+# there took the demo model's pixels far out of the bf16 bounds (mean 5.6 against 0.3 levels, max 95; even with
+# every convolution and MatMul left bf16, its quantized upsampling alone gave mean 2.9, max 62).
+CALIBRATED_NETWORKS = frozenset({"unet"})
+WEIGHT_NOTES = {  # what the OpenVINO report's summary says of each int8 format
+    INT8: " with int8 MatMul weights",
+    HYBRID: " with int8 weights and int8 UNet convolutions",
+    FULL: " with int8 weights and an int8 UNet (convolutions and linear layers)",
+}
 NNCF_PIN = "nncf==3.4.0"  # as requirements.txt pins it
 
 
@@ -70,26 +86,28 @@ def _nncf() -> Any:
 
 
 def recipe(weights: str) -> str:
-    """What the IR cache and the warm entries key on for `weights`: the weight format, versioned for int8-hybrid."""
-    return f"{weights}.{HYBRID_RECIPE}" if weights == HYBRID else weights
+    """What the IR cache and the warm entries key on for `weights`: the weight format, versioned for the calibrated
+    ones (int8-hybrid, int8-full)."""
+    version = {HYBRID: HYBRID_RECIPE, FULL: FULL_RECIPE}.get(weights)
+    return weights if version is None else f"{weights}.{version}"
 
 
 def wants_int8(network: str, weights: str) -> bool:
     """True when `network` ("unet", "text_encoder", "vae_decoder", ...) gets int8 weights in IR of `weights`."""
-    return weights in (INT8, HYBRID) and network in INT8_NETWORKS
+    return weights in (INT8, HYBRID, FULL) and network in INT8_NETWORKS
 
 
-def wants_hybrid(network: str, weights: str) -> bool:
-    """True when `network` is quantized in NNCF's hybrid mode (int8 activations too) in IR of `weights`."""
-    return weights == HYBRID and network in HYBRID_NETWORKS
+def wants_calibration(network: str, weights: str) -> bool:
+    """True when `network` gets int8 activations too (int8-hybrid, int8-full), calibrated, in IR of `weights`."""
+    return weights in (HYBRID, FULL) and network in CALIBRATED_NETWORKS
 
 
 def network_weights(network: str, weights: str) -> str:
     """The weight format of `network`'s own IR when the engine asks for `weights`: the networks int8 leaves alone
-    share the fp16 IR, and those hybrid mode leaves at int8 weights share the int8 one."""
-    if wants_hybrid(network, weights):
-        return HYBRID
-    if weights in (INT8, HYBRID):
+    share the fp16 IR, and those the calibrated modes leave at int8 weights share the int8 one."""
+    if wants_calibration(network, weights):
+        return weights
+    if weights in (INT8, HYBRID, FULL):
         return INT8 if wants_int8(network, weights) else "fp16"
     return weights
 
@@ -137,15 +155,27 @@ def _sensitive_convolutions(model: Any) -> list[str]:
     ]
 
 
-def quantize_hybrid(model: Any, calibration: list[list[Any]]) -> Any:
-    """`model` (the UNet) in NNCF's hybrid mode: int8 MatMul weights (`compress_int8`), then its convolutions but
-    `SENSITIVE_CONVOLUTIONS` (and any MatMul of two activations) quantized, int8 weights and activations, with ranges
-    from `calibration` (lists of the model's inputs in order). SmoothQuant off, as optimum-intel does for diffusion."""
+def quantize(model: Any, weights: str, calibration: list[list[Any]]) -> Any:
+    """`model` (the UNet) quantized for `weights`, int8 weights and activations with ranges from `calibration` (lists
+    of the model's inputs in order), but for `SENSITIVE_CONVOLUTIONS`:
+    - int8-hybrid (NNCF's hybrid mode): int8 MatMul weights (`compress_int8`) with bf16 activations, the convolutions
+      and the MatMuls of two activations (attention's) quantized;
+    - int8-full (NNCF's full quantization): the linear layers quantized as well, with symmetric int8 weights, so the
+      CPU runs them as int8 FullyConnected kernels (SD 1.5 at 512²: a step's linear layers in 0.27 s, 0.49 s
+      hybrid)."""
+    if weights == HYBRID:
+        model = compress_int8(model)
+        return _quantize(model, calibration, [*_weighted_matmuls(model), *_sensitive_convolutions(model)])
+    if weights == FULL:
+        return _quantize(model, calibration, _sensitive_convolutions(model))
+    raise ValueError(f"weights: {weights!r} is not a calibrated format ({HYBRID}, {FULL})")
+
+
+def _quantize(model: Any, calibration: list[list[Any]], ignored: list[str]) -> Any:
+    """nncf.quantize of `model` but the ops named `ignored`; SmoothQuant off, as optimum-intel does for diffusion."""
     nncf = _nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
-    model = compress_int8(model)
-    ignored = [*_weighted_matmuls(model), *_sensitive_convolutions(model)]
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level
     nncf_log.setLevel(logging.WARNING)  # not a line for each of the ~200 ops it leaves alone
@@ -210,6 +240,9 @@ def unet_calibration(
     ]
 
 
-def calibration_for(pipe: Any, unet: Any) -> Callable[[], list[list[Any]]]:
-    """What makes `unet`'s calibration inputs from `pipe` (called only if the hybrid IR is converted)."""
-    return lambda: unet_calibration(pipe.tokenizer, pipe.text_encoder, unet.config.in_channels)
+def calibration_for(pipe: Any, attr: str, module: Any) -> Callable[[], list[list[Any]]] | None:
+    """What makes the calibration inputs of `pipe`'s `attr` ("unet", "text_encoder", "vae") from `pipe`, called only
+    if a calibrated IR is converted; None where no network of `attr` is calibrated."""
+    if attr != "unet":
+        return None
+    return lambda: unet_calibration(pipe.tokenizer, pipe.text_encoder, module.config.in_channels)

@@ -35,13 +35,12 @@ from transformers import CLIPTextModel
 
 from studio.engine import ModelLoadError
 from studio.engines.openvino_int8 import (
-    HYBRID,
     INT8,
     compress_int8,
     network_weights,
-    quantize_hybrid,
+    quantize,
     recipe,
-    wants_hybrid,
+    wants_calibration,
     wants_int8,
 )
 from studio.engines.openvino_pages import MappedWeights
@@ -198,7 +197,8 @@ def _convert(
     spec: TraceSpec, module: torch.nn.Module, xml: Path, weights: str, calibrate: Calibration | None = None
 ) -> None:
     """Trace `module` with `spec`, set the dynamic input shapes and save the IR to `xml` with `weights` ("fp32",
-    "fp16", "int8" or "int8-hybrid": studio.engines.openvino_int8; the hybrid one is calibrated on `calibrate()`)."""
+    "fp16", "int8", "int8-hybrid" or "int8-full": studio.engines.openvino_int8; the last two are calibrated on
+    `calibrate()`)."""
     wrapper = _WRAPPERS[spec.name](module).eval()
     with torch.inference_mode(False), torch.no_grad(), no_telemetry(), warnings.catch_warnings():
         # The tracer warns about every shape-dependent Python branch; the traced paths are the intended ones.
@@ -210,9 +210,9 @@ def _convert(
         del model
         gc.collect()
         return
-    hybrid = wants_hybrid(spec.name, weights)
-    if hybrid and calibrate is None:
-        raise ModelLoadError(f"--openvino-weights {HYBRID}: the {spec.name} needs calibration inputs to quantize")
+    calibrated = wants_calibration(spec.name, weights)
+    if calibrated and calibrate is None:
+        raise ModelLoadError(f"--openvino-weights {weights}: the {spec.name} needs calibration inputs to quantize")
     # NNCF works on the fp16 IR, read back from disk: `ov.save_model` does not make the other weights fp16 once NNCF
     # has touched a model (SD 1.5's UNet IR was 2.5 GB with f32 convolutions, 1.4 GB so), and making them fp16 in
     # memory first peaked at 6.2 GB for a cold SD 1.5 UNet (this way 5.5 GB; 4.7 GB with f32 convolutions).
@@ -224,7 +224,7 @@ def _convert(
     pages.add(fp16.with_suffix(".bin"))
     with pages.packing():
         model = ov.Core().read_model(str(fp16))
-        model = quantize_hybrid(model, calibrate()) if hybrid and calibrate else compress_int8(model)
+        model = quantize(model, weights, calibrate()) if calibrated and calibrate else compress_int8(model)
         ov.save_model(model, str(xml), compress_to_fp16=False)
         del model
         gc.collect()
@@ -255,7 +255,8 @@ def ir_path(
     calibrate: Calibration | None = None,
 ) -> tuple[Path, bool, float]:
     """The IR for this network in weight format `weights` (`weight_format`), converting and caching it if needed:
-    (xml path, cache hit, convert seconds). `calibrate` makes the calibration inputs of an int8-hybrid network."""
+    (xml path, cache hit, convert seconds). `calibrate` makes the calibration inputs of a calibrated (int8-hybrid or
+    int8-full) network."""
     weights = network_weights(spec.name, weights)
     key = ir_key(fingerprint, spec.name, spec.shape_key, recipe(weights), version)  # a new recipe, a new entry
     folder = cache / f"{spec.name}-{key}"

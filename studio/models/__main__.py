@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=[w.value for w in OpenVINOWeights],
         default=OpenVINOWeights.AUTO.value,
         help="the IR weights, as the engine's --openvino-weights: auto (int8 for bf16, fp32 for f32), int8, "
-        "int8-hybrid (the UNet's convolutions int8 too, calibrated here), fp16, fp32",
+        "int8-hybrid (the UNet's convolutions int8 too, calibrated here), int8-full (its linear layers too), fp16, "
+        "fp32",
     )
     export.add_argument("--models-dir", type=Path, default=Path("models"), help="where MODEL names are looked up")
     return parser

@@ -252,9 +252,10 @@ def test_openvino_memory_compares_fresh_process_peaks(monkeypatch):
     assert goals["openvino_vs_torch.cold_convert_peak_rss_mb"]["met"] is True
 
 
-def test_the_hybrid_engine_is_measured_like_the_default_one(monkeypatch):
-    """openvino_vs_torch.hybrid: one openvino_speed worker with int8-hybrid weights, and the same derived fields."""
-    from bench.sections import QUICK, Context, openvino_hybrid
+@pytest.mark.parametrize("weights", ["int8-hybrid", "int8-full"])
+def test_the_calibrated_int8_engines_are_measured_like_the_default_one(monkeypatch, weights):
+    """openvino_vs_torch.hybrid / .full: one openvino_speed worker with those weights, and the same derived fields."""
+    from bench.sections import INT8_MODES, QUICK, Context, openvino_int8_mode
 
     calls = []
 
@@ -266,11 +267,12 @@ def test_the_hybrid_engine_is_measured_like_the_default_one(monkeypatch):
 
     monkeypatch.setattr(Context, "worker", worker)
     monkeypatch.setattr(Context, "hardware", lambda self: {"bf16_matmul_tflops": 0.5, "unet_tflop": {"512": 1.6}})
-    out = openvino_hybrid(Context(QUICK), 512, 3)
+    out = openvino_int8_mode(Context(QUICK), weights, 512, 3)
     assert calls == [
-        ("openvino_speed", {"model": "sd15", "sizes": [512], "rounds": 3, "precision": "bf16:int8-hybrid",
+        ("openvino_speed", {"model": "sd15", "sizes": [512], "rounds": 3, "precision": f"bf16:{weights}",
                             "e2e": [512, 4]})
     ]
+    assert weights in INT8_MODES.values()
     assert out["unet_peak_fraction_512"] == pytest.approx(1.6)  # int8 kernels may pass the bf16 peak
     assert out["e2e_512"]["fixed_s"] == 4.0 and out["e2e_512"]["speedup_20"] == pytest.approx(168 / 44, abs=1e-3)
 

@@ -119,7 +119,7 @@ def test_the_setting_is_a_flag_and_a_variable_and_a_bad_value_names_it():
     assert load_settings(["--openvino-weights", "fp16"], environ={}).engine.openvino_weights is OpenVINOWeights.FP16
     loaded = load_settings([], environ={"STUDIO_OPENVINO_WEIGHTS": "fp32"})
     assert loaded.engine.openvino_weights is OpenVINOWeights.FP32
-    expected = "openvino_weights: expected one of auto, fp16, fp32, int8, int8-hybrid, got 'int4'"
+    expected = "openvino_weights: expected one of auto, fp16, fp32, int8, int8-hybrid, int8-full, got 'int4'"
     with pytest.raises(ConfigError, match=expected):
         EngineSettings(openvino_weights="int4")
 
@@ -205,7 +205,8 @@ def test_calibration_inputs_are_guided_steps_across_the_schedule_and_determinist
     assert all(np.array_equal(a, b) for x, y in zip(first, again, strict=True) for a, b in zip(x, y, strict=True))
 
 
-def test_a_hybrid_unet_without_calibration_inputs_is_a_load_error(tmp_path):
+@pytest.mark.parametrize("weights", ["int8-hybrid", "int8-full"])
+def test_a_calibrated_unet_without_calibration_inputs_is_a_load_error(tmp_path, weights):
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -213,8 +214,8 @@ def test_a_hybrid_unet_without_calibration_inputs_is_a_load_error(tmp_path):
     from studio.models.demo import demo_model_dir
 
     unet = UNet2DConditionModel.from_pretrained(demo_model_dir() / "unet").eval()
-    with torch.no_grad(), pytest.raises(ModelLoadError, match="int8-hybrid: the unet needs calibration inputs"):
-        ir_path(unet_specs(unet)[0], unet, "f" * 16, tmp_path, "int8-hybrid", ov.get_version())
+    with torch.no_grad(), pytest.raises(ModelLoadError, match=f"{weights}: the unet needs calibration inputs"):
+        ir_path(unet_specs(unet)[0], unet, "f" * 16, tmp_path, weights, ov.get_version())
     assert not list(tmp_path.glob("unet-*/model.xml"))  # nothing half-made is left for the next load
 
 
@@ -233,3 +234,86 @@ def test_a_new_hybrid_recipe_is_a_new_ir_and_warm_entry_never_the_old_one(monkey
     again = _loaded(hybrid_engine.accelerator.cache, "int8-hybrid")  # the old recipe's entry and IR stay unused
     by_name = {c.name: c for c in again.accelerator.report.components}
     assert not again.accelerator.report.warm and not by_name["unet"].cache_hit and by_name["text_encoder"].cache_hit
+
+
+# --- int8-full: the UNet's linear layers int8 too ---
+
+
+@pytest.fixture(scope="module")
+def full_engine(int8_engine):
+    return _loaded(int8_engine.accelerator.cache, "int8-full")
+
+
+def _weighted_matmuls(xml: str) -> list[tuple[bool, str, bool]]:
+    """For each MatMul of the IR with a constant weight: (a FakeQuantize feeds its activation, the weight's element
+    type, the weight has a zero point), looking through NNCF's decompression chain and reshapes."""
+    found = []
+    for op in ov.Core().read_model(xml).get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        chains = []
+        for port in range(2):
+            node, seen = op.input_value(port).get_node(), []
+            while node.get_type_name() in PASS_THROUGH:
+                seen.append(node.get_type_name())
+                node = node.input_value(0).get_node()
+            chains.append((node, seen))
+        weights = [(node, seen) for node, seen in chains if node.get_type_name() == "Constant"]
+        if len(weights) != 1:
+            continue
+        (weight, seen), (activation, _) = weights[0], next(c for c in chains if c[0] is not weights[0][0])
+        found.append((_quantized(activation), weight.get_element_type().get_type_name(), "Subtract" in seen))
+    return found
+
+
+def _quantized(node) -> bool:
+    """A FakeQuantize, or a Concat of them (the time embedding's sin and cos halves)."""
+    if node.get_type_name() == "Concat":
+        return all(_quantized(node.input_value(i).get_node()) for i in range(node.get_input_size()))
+    return node.get_type_name() == "FakeQuantize"
+
+
+def test_full_quantizes_the_unets_linear_layers_too_and_shares_the_other_networks_ir(
+    int8_engine, hybrid_engine, full_engine
+):
+    report = full_engine.accelerator.report
+    assert report.weights == "int8-full" and "int8 UNet (convolutions and linear layers)" in report.summary()
+    full, plain, hybrid = ({c.name: c for c in r.components} for r in (report, int8_engine.accelerator.report,
+                                                                          hybrid_engine.accelerator.report))
+    assert not full["unet"].cache_hit and full["unet"].ir_dir not in (plain["unet"].ir_dir, hybrid["unet"].ir_dir)
+    for network in ("text_encoder", "vae_decoder", "vae_encoder"):  # int8 weights / fp16: the int8 engine's entries
+        assert full[network].cache_hit and full[network].ir_dir == plain[network].ir_dir
+    full_matmuls = _weighted_matmuls(f"{full['unet'].ir_dir}/model.xml")
+    hybrid_matmuls = _weighted_matmuls(f"{hybrid['unet'].ir_dir}/model.xml")
+    assert len(full_matmuls) == len(hybrid_matmuls) > 20  # the same linear layers
+    # full: int8 activations and symmetric int8 weights (what the CPU's int8 FullyConnected kernels take) ...
+    assert all(fq and kind == "i8" and not zero_point for fq, kind, zero_point in full_matmuls)
+    # ... hybrid: bf16 activations, asymmetric u8 weights decompressed in the kernel
+    assert not any(fq for fq, _, _ in hybrid_matmuls) and all(kind == "u8" for _, kind, _ in hybrid_matmuls)
+    for sensitive in ("conv_in", "conv_out", "conv_shortcut"):  # they stay bf16 here too
+        assert not any(f".{sensitive}/" in name for name in _consumers_of_int8(f"{full['unet'].ir_dir}/model.xml",
+                                                                               names=True))
+
+
+def test_full_pixels_stay_within_the_bf16_bounds_and_repeat(full_engine):
+    torch_engine = LocalEngine("demo", device="cpu")
+    torch_engine.load()
+    diff = np.abs(_pixels(full_engine) - _pixels(torch_engine))
+    assert diff.mean() < BF16_MEAN and diff.max() <= BF16_MAX
+    assert np.array_equal(_pixels(full_engine), _pixels(full_engine))  # same seed, same pixels
+    warm = _loaded(full_engine.accelerator.cache, "int8-full")  # the warm entry names its weights and keeps them
+    assert warm.accelerator.report.warm and warm.accelerator.report.weights == "int8-full"
+    assert np.array_equal(_pixels(warm), _pixels(full_engine))
+
+
+def test_each_calibrated_format_has_its_own_recipe_version(monkeypatch, tmp_path):
+    from studio.engines import openvino_int8
+    from studio.engines.openvino_warm import warm_key
+    from studio.models import resolve_model
+
+    source, version = resolve_model("demo", tmp_path), ov.get_version()
+    keys = {w: warm_key(source, w, version) for w in ("int8", "int8-hybrid", "int8-full")}
+    assert len(set(keys.values())) == 3
+    monkeypatch.setattr(openvino_int8, "FULL_RECIPE", openvino_int8.FULL_RECIPE + 1)
+    assert warm_key(source, "int8-full", version) != keys["int8-full"]
+    assert warm_key(source, "int8-hybrid", version) == keys["int8-hybrid"]
