@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 export GRADIO_ANALYTICS_ENABLED ?= False
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: install install-dev run serve test test-fast bench lint clean-cache
+.PHONY: install install-dev run serve test test-fast bench peer-venv lint clean-cache
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,17 @@ test: install-dev
 
 bench: install-dev
 	HF_HUB_OFFLINE=1 $(PY) -m bench $(ARGS)
+
+# The peer for `python -m bench --only peer` (bench/peer.py): optimum-intel in its own venv, .peer-venv.
+PEER_VENV ?= .peer-venv
+peer-venv: $(PEER_VENV)/.installed
+
+$(PEER_VENV)/.installed: requirements-peer.txt
+	test -x $(PEER_VENV)/bin/python || python3 -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEER_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(PEER_VENV)/bin/python -m pip install -q -r requirements-peer.txt
+	touch $@
 
 lint: install-dev
 	$(PY) -m ruff check studio tests app.py bench

@@ -285,6 +285,10 @@ GOALS: tuple[Goal, ...] = (
         "load + first image from a warm IR cache takes no longer than the torch engine's",
     ),
     Goal("openvino_vs_torch.cold_convert_peak_rss_mb", "<=", 6144, "a first (cold) conversion peaks at most at 6 GB"),
+    # Against optimum-intel (bench.peer; only where its venv exists): the default engine, warm caches on both sides.
+    Goal("peer.per_step.auto.ratio", "<=", 1.0, "a 512x512 UNet step takes at most the peer's static pipeline's"),
+    Goal("peer.first_image.auto.ratio_20_steps", "<=", 1.0, "a 20-step 512x512 image takes at most the peer's"),
+    Goal("peer.first_image.auto.ratio_time_to_first_image", "<=", 1.0, "start + first image no slower than the peer's"),
 )
 
 # Fields every result file has (null when the section did not run), so consumers can rely on them.
@@ -305,6 +309,9 @@ CONTRACT_FIELDS = (
     "openvino_vs_torch.warm_load_rss_fraction",
     "openvino_vs_torch.warm_load_time_fraction",
     "openvino_vs_torch.cold_convert_peak_rss_mb",
+    "peer.per_step.auto.ratio",
+    "peer.first_image.auto.ratio_20_steps",
+    "peer.first_image.auto.ratio_time_to_first_image",
 )
 
 

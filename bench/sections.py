@@ -24,6 +24,7 @@ from typing import Any
 from bench.core import REPO, Stats, interleave, percentile, run_worker, timed, worker_env
 from bench.dlc import dlc_section
 from bench.lambda_ import lambda_section
+from bench.peer import section as peer_section
 from bench.ray_ import ray_serve_section
 
 logger = logging.getLogger(__name__)
@@ -107,9 +108,10 @@ QUICK = Profile(
     a1111=("sd15", 128, 2, 3),  # the full-size architecture: on the tiny demo, fixed per-request costs dominate
     lora_rss=("demo", 256, 2, 16),  # 4 cycles: growth is read over the 3 after the first
     matmul_repeats=3,
-    # Left to the full run (and --only): the hosting stacks (minutes of start-up each), and two sections that only
-    # inform (no goal of theirs is decided by a quick run) at ~17 and ~23 s: the gradio round trip, fast drafts.
-    full_only=("ray_serve", "dlc", "lambda", "gradio", "drafts"),
+    # Left to the full run (and --only): the hosting stacks (minutes of start-up each), two sections that only
+    # inform (no goal of theirs is decided by a quick run) at ~17 and ~23 s: the gradio round trip, fast drafts; and
+    # the peer (minutes of SD 1.5 at 512², in its own venv).
+    full_only=("ray_serve", "dlc", "lambda", "gradio", "drafts", "peer"),
     budget_s=180.0,
 )
 FULL = Profile(
@@ -587,6 +589,7 @@ SECTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "ray_serve": ray_serve_section,
     "dlc": dlc_section,
     "lambda": lambda_section,
+    "peer": peer_section,
 }
 
 

@@ -523,6 +523,7 @@ from bench.drafts import lcm_image, vae_decode  # noqa: E402
 from bench.hardware import hardware  # noqa: E402
 from bench.lambda_ import lambda_cold_start  # noqa: E402
 from bench.openvino_static import openvino_static  # noqa: E402
+from bench.peer import studio_first_image  # noqa: E402
 from bench.ray_ import ray_serve  # noqa: E402
 
 TASKS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -542,6 +543,7 @@ TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     "vae_decode": vae_decode,
     "openvino_static": openvino_static,
     "lcm_image": lcm_image,
+    "studio_first_image": studio_first_image,
 }
 
 
