@@ -57,7 +57,7 @@ def _peer_pipeline(folder: str, size: int) -> Any:
 
 def _unet_precision(pipe: Any) -> str:
     """What the peer's compiled UNet runs in (its `request` is the openvino.CompiledModel)."""
-    return str(pipe.unet.request.get_property("INFERENCE_PRECISION_HINT"))
+    return pipe.unet.request.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # an openvino.Type: "bf16"
 
 
 def step(peer: str, ours: dict[str, str], size: int, rounds: int, context: int = 768) -> dict[str, Any]:
