@@ -46,7 +46,7 @@ $(PEER_VENV)/.installed: requirements-peer.txt
 	test -x $(PEER_VENV)/bin/python || python3 -m venv $(PEER_VENV)
 	$(PEER_VENV)/bin/python -m pip install -q --upgrade pip
 	$(PEER_VENV)/bin/python -m pip install -q torch==2.13.0
-	$(PEER_VENV)/bin/python -m pip install -q -r requirements-peer.txt
+	$(PEER_VENV)/bin/python -m pip install -q --no-deps -r requirements-peer.txt
 	touch $@
 
 lint: install-dev
