@@ -15,9 +15,10 @@ Fields (`peer.*`):
   the per-round ratios; `round_ratio_min` / `round_ratio_max` the spread); at most 1.0 is goal 0.
   `peer_precision`: what the peer's UNet runs in.
 - `first_image`: each side in a fresh process, as a CPU user starts it, caches warm (the studio's IR cache, the
-  peer's export and compiled-blob cache): `peer` and `ours.<weights>` {load_s, first_image_s, second_image_s,
-  time_to_first_image_s, peak_rss_mb}, and per weights `ratio_time_to_first_image`, `ratio_20_steps` (second image:
-  the 20-step generation alone) and `ratio_peak_rss`, each ours ÷ peer.
+  peer's export and compiled-blob cache), making `IMAGES` images: `peer` and `ours.<weights>` {load_s,
+  first_image_s, later_images_s, time_to_first_image_s, peak_rss_mb}, and per weights `ratio_time_to_first_image`,
+  `ratio_20_steps` (the best of the later images: a 20-step generation alone; one image's time swings by ~5 % on
+  this shared machine) and `ratio_peak_rss`, each ours ÷ peer.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ PEER_ENV = "STUDIO_BENCH_PEER_PYTHON"
 PEER_VENV = REPO / ".peer-venv"
 PEER_EXPORT = "sd15-random-v1-optimum"  # in the bench cache, beside the full-size model it is exported from
 WEIGHTS = ("auto", "int8-hybrid", "int8-full")  # the studio's UNet IRs the peer is measured against
-SIZE, STEPS = 512, 20
+SIZE, STEPS, IMAGES = 512, 20, 3
 
 
 def peer_python() -> Path | None:
@@ -60,9 +61,9 @@ def run_peer(python: Path, task: str, args: dict[str, Any], timeout: float) -> d
     return _worker_result(f"peer {task}", proc.returncode, proc.stdout, proc.stderr)
 
 
-def studio_first_image(weights: str, size: int = SIZE, steps: int = STEPS) -> dict[str, Any]:
+def studio_first_image(weights: str, size: int = SIZE, steps: int = STEPS, images: int = IMAGES) -> dict[str, Any]:
     """Worker (our venv, fresh process): the OpenVINO engine on the full-size model as `make run` builds it, with
-    --openvino-weights `weights`: load, then two images as the peer makes them (bench.peer_worker.first_image)."""
+    --openvino-weights `weights`: load, then `images` images as the peer makes them (bench.peer_worker.first_image)."""
     from bench.core import peak_rss_mb, timed
     from bench.models import ensure_fullsize
     from bench.workers import PROMPT
@@ -76,12 +77,12 @@ def studio_first_image(weights: str, size: int = SIZE, steps: int = STEPS) -> di
     request = GenerationRequest(prompt=PROMPT, width=size, height=size, steps=steps, cfg_scale=7.0, seed=1,
                                 sampler="Euler a")
     first_s, result = timed(lambda: engine.generate(request))
-    second_s, _ = timed(lambda: engine.generate(request))
+    later = [timed(lambda: engine.generate(request))[0] for _ in range(images - 1)]
     report = engine.accelerator.report
     return {
         "load_s": round(load_s, 2),
         "first_image_s": round(first_s, 2),
-        "second_image_s": round(second_s, 2),
+        "later_images_s": [round(s, 2) for s in later],
         "time_to_first_image_s": round(load_s + first_s, 2),
         "peak_rss_mb": peak_rss_mb(),
         "image_size": list(result.images[0].size),
@@ -94,7 +95,7 @@ def studio_first_image(weights: str, size: int = SIZE, steps: int = STEPS) -> di
 def _ratios(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, float]:
     return {
         "ratio_time_to_first_image": round(ours["time_to_first_image_s"] / peer["time_to_first_image_s"], 3),
-        "ratio_20_steps": round(ours["second_image_s"] / peer["second_image_s"], 3),
+        "ratio_20_steps": round(min(ours["later_images_s"]) / min(peer["later_images_s"]), 3),
         "ratio_peak_rss": round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 3),
     }
 
@@ -132,7 +133,8 @@ def section(ctx: Any) -> dict[str, Any]:
         for weights in WEIGHTS
     }
     out["peer_precision"] = step["peer_precision"]
-    run_peer(python, "first_image", {"peer": str(folder), "size": SIZE, "steps": STEPS}, timeout)  # its blob cache
-    peer = run_peer(python, "first_image", {"peer": str(folder), "size": SIZE, "steps": STEPS}, timeout)
+    args = {"peer": str(folder), "size": SIZE, "steps": STEPS}
+    run_peer(python, "first_image", {**args, "images": 1}, timeout)  # its compiled-blob cache, as a user's 2nd start
+    peer = run_peer(python, "first_image", {**args, "images": IMAGES}, timeout)
     out["first_image"] = {"peer": peer, "ours": ours, **{w: _ratios(r, peer) for w, r in ours.items()}}
     return out

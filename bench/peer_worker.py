@@ -8,8 +8,8 @@ Tasks (each prints one ``BENCH_RESULT {json}`` line, as bench.workers does):
 - `step`: one process, interleaved rounds, same inputs: the peer's UNet at its recommended static
   `reshape(1, size, size)` against the studio's UNet IR files (`ours`: {name: xml}) compiled at the same static shape
   with the studio's config (bf16 inference, LATENCY). Median seconds per guided step and the per-round times.
-- `first_image`: the peer as a CPU user runs it: from_pretrained, reshape(1, size, size), compile, then two
-  `steps`-step images (Euler a): load seconds, first and second image seconds, peak RSS, the UNet's precision.
+- `first_image`: the peer as a CPU user runs it: from_pretrained, reshape(1, size, size), compile, then `images`
+  `steps`-step images (Euler a): load seconds, each image's seconds, peak RSS, the UNet's precision.
 """
 
 from __future__ import annotations
@@ -99,19 +99,19 @@ def step(peer: str, ours: dict[str, str], size: int, rounds: int, context: int =
     }
 
 
-def first_image(peer: str, size: int, steps: int) -> dict[str, Any]:
+def first_image(peer: str, size: int, steps: int, images: int = 3) -> dict[str, Any]:
     started = time.perf_counter()
     pipe = _peer_pipeline(peer, size)
     load_s = time.perf_counter() - started
     seconds, image = [], None
-    for _ in range(2):
+    for _ in range(images):
         started = time.perf_counter()
         image = pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.0, height=size, width=size).images[0]
         seconds.append(time.perf_counter() - started)
     return {
         "load_s": round(load_s, 2),
         "first_image_s": round(seconds[0], 2),
-        "second_image_s": round(seconds[1], 2),
+        "later_images_s": [round(s, 2) for s in seconds[1:]],
         "time_to_first_image_s": round(load_s + seconds[0], 2),
         "peak_rss_mb": _peak_rss_mb(),
         "image_size": list(image.size),

@@ -64,13 +64,13 @@ def test_the_section_measures_each_weight_setting_warm_against_the_peer(monkeypa
             rounds = {w: [1.0, 1.2] for w in args["ours"]} | {"peer": [2.0, 2.0]}
             return {"rounds": rounds, "median_s": {k: 1.1 for k in rounds}, "peer_precision": "bf16",
                     "versions": versions}
-        return {"load_s": 10.0, "first_image_s": 50.0, "second_image_s": 48.0, "time_to_first_image_s": 60.0,
+        return {"load_s": 10.0, "first_image_s": 50.0, "later_images_s": [49.0, 48.0], "time_to_first_image_s": 60.0,
                 "peak_rss_mb": 5000.0}
 
     def worker(self, task, **args):
         worker_calls.append((task, args))
         loads[args["weights"]] += 1
-        return {"load_s": 5.0, "first_image_s": 40.0, "second_image_s": 36.0, "time_to_first_image_s": 45.0,
+        return {"load_s": 5.0, "first_image_s": 40.0, "later_images_s": [36.0, 37.0], "time_to_first_image_s": 45.0,
                 "peak_rss_mb": 2500.0, "warm": args["weights"] != "int8-full" or loads["int8-full"] > 1,
                 "unet_xml": f"/ir/{args['weights']}/model.xml"}
 
@@ -79,6 +79,7 @@ def test_the_section_measures_each_weight_setting_warm_against_the_peer(monkeypa
     monkeypatch.setattr(Context, "worker", worker)
     out = peer.section(Context(FULL))
     assert [task for task, _ in peer_calls] == ["export", "step", "first_image", "first_image"]  # 1st: blob cache
+    assert [args.get("images") for _, args in peer_calls[2:]] == [1, peer.IMAGES]
     assert peer_calls[1][1]["ours"] == {w: f"/ir/{w}/model.xml" for w in peer.WEIGHTS}
     assert loads == {"auto": 1, "int8-hybrid": 1, "int8-full": 2}  # a load that converted is measured again, warm
     assert out["export_s"] == 90.0 and out["same_openvino"] is True and out["peer_precision"] == "bf16"
