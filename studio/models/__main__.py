@@ -6,8 +6,8 @@ python -m studio.models build-demo-lora PATH.safetensors [--seed N]
 python -m studio.models build-demo-vae PATH.safetensors
 python -m studio.models build-demo-taesd [MODELS_DIR] [--a1111] [--decoder-only]
 python -m studio.models list [MODELS_DIR]
-python -m studio.models export-openvino MODEL DIR [--precision bf16|f32] [--weights auto|int8|int8-hybrid|int8-full|fp16|fp32]
-                                          [--models-dir DIR]
+python -m studio.models export-openvino MODEL DIR [--precision bf16|f32]
+                                          [--weights auto|int8|int8-hybrid|int8-full|fp16|fp32] [--models-dir DIR]
 """
 
 from __future__ import annotations
