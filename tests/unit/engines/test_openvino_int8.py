@@ -94,14 +94,23 @@ def test_only_matmul_and_embedding_weights_of_unet_and_text_encoder_are_int8(int
         assert _float_weight_types(f"{_ir_dir(report, network)}/model.xml") == {"f16"}
 
 
-def test_int8_pixels_stay_within_the_bf16_bounds_against_torch(int8_engine):
+@pytest.fixture(scope="module")
+def torch_pixels() -> np.ndarray:
+    """REQUEST's pixels from the torch engine (fp32): what every int8 format is held to."""
     torch_engine = LocalEngine("demo", device="cpu")
     torch_engine.load()
-    reference = _pixels(torch_engine)
-    diff = np.abs(_pixels(int8_engine) - reference)
-    assert int8_engine.accelerator.report.precision in ("bf16", "f32")  # f32 on CPUs without native bf16
+    return _pixels(torch_engine)
+
+
+def _assert_bf16_close_and_repeatable(engine, reference: np.ndarray) -> None:
+    diff = np.abs(_pixels(engine) - reference)
     assert diff.mean() < BF16_MEAN and diff.max() <= BF16_MAX
-    assert np.array_equal(_pixels(int8_engine), _pixels(int8_engine))  # same seed, same pixels
+    assert np.array_equal(_pixels(engine), _pixels(engine))  # same seed, same pixels
+
+
+def test_int8_pixels_stay_within_the_bf16_bounds_against_torch(int8_engine, torch_pixels):
+    assert int8_engine.accelerator.report.precision in ("bf16", "f32")  # f32 on CPUs without native bf16
+    _assert_bf16_close_and_repeatable(int8_engine, torch_pixels)
 
 
 def test_fp16_weights_are_a_separate_cache_entry_without_int8(int8_engine):
@@ -175,12 +184,8 @@ def test_hybrid_quantizes_the_unets_convolutions_and_shares_the_other_networks_i
         assert not any(f".{sensitive}/" in name for name in int8_ops)
 
 
-def test_hybrid_pixels_stay_within_the_bf16_bounds_and_repeat(hybrid_engine):
-    torch_engine = LocalEngine("demo", device="cpu")
-    torch_engine.load()
-    diff = np.abs(_pixels(hybrid_engine) - _pixels(torch_engine))
-    assert diff.mean() < BF16_MEAN and diff.max() <= BF16_MAX
-    assert np.array_equal(_pixels(hybrid_engine), _pixels(hybrid_engine))  # same seed, same pixels
+def test_hybrid_pixels_stay_within_the_bf16_bounds_and_repeat(hybrid_engine, torch_pixels):
+    _assert_bf16_close_and_repeatable(hybrid_engine, torch_pixels)
     img2img = GenerationRequest(prompt="a cat", width=128, height=128, steps=6, seed=5, strength=0.6,
                                 image=Image.new("RGB", (128, 128), (200, 40, 90)))
     assert hybrid_engine.generate(img2img).images[0].size == (128, 128)
@@ -290,17 +295,13 @@ def test_full_quantizes_the_unets_linear_layers_too_and_shares_the_other_network
     assert all(fq and kind == "i8" and not zero_point for fq, kind, zero_point in full_matmuls)
     # ... hybrid: bf16 activations, asymmetric u8 weights decompressed in the kernel
     assert not any(fq for fq, _, _ in hybrid_matmuls) and all(kind == "u8" for _, kind, _ in hybrid_matmuls)
+    int8_ops = _consumers_of_int8(f"{full['unet'].ir_dir}/model.xml", names=True)
     for sensitive in ("conv_in", "conv_out", "conv_shortcut"):  # they stay bf16 here too
-        assert not any(f".{sensitive}/" in name for name in _consumers_of_int8(f"{full['unet'].ir_dir}/model.xml",
-                                                                               names=True))
+        assert not any(f".{sensitive}/" in name for name in int8_ops)
 
 
-def test_full_pixels_stay_within_the_bf16_bounds_and_repeat(full_engine):
-    torch_engine = LocalEngine("demo", device="cpu")
-    torch_engine.load()
-    diff = np.abs(_pixels(full_engine) - _pixels(torch_engine))
-    assert diff.mean() < BF16_MEAN and diff.max() <= BF16_MAX
-    assert np.array_equal(_pixels(full_engine), _pixels(full_engine))  # same seed, same pixels
+def test_full_pixels_stay_within_the_bf16_bounds_and_repeat(full_engine, torch_pixels):
+    _assert_bf16_close_and_repeatable(full_engine, torch_pixels)
     warm = _loaded(full_engine.accelerator.cache, "int8-full")  # the warm entry names its weights and keeps them
     assert warm.accelerator.report.warm and warm.accelerator.report.weights == "int8-full"
     assert np.array_equal(_pixels(warm), _pixels(full_engine))
