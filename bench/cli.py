@@ -221,6 +221,8 @@ def table(results: dict[str, Any]) -> str:
         ("engine_vs_raw: from outside time", "engine_vs_raw.cases.0.ratio_from_outside", ""),
         ("engine_vs_raw (sd15 256² 4 steps)", "engine_vs_raw.cases.1.ratio", ""),
         ("machine bf16 matmul peak", "machine.bf16_matmul_tflops", " TFLOPS"),
+        ("machine f32 matmul peak", "machine.f32_matmul_tflops", " TFLOPS"),
+        ("openvino peak fraction taken at", "openvino_vs_torch.peak_precision", ""),
         ("UNet TFLOP per guided 512² step", "openvino_vs_torch.unet_tflop_512", ""),
         ("openvino UNet peak fraction 256²", "openvino_vs_torch.unet_peak_fraction_256", ""),
         ("one live preview", "previews.preview_ms", " ms"),

@@ -1,9 +1,11 @@
-"""How close to the hardware: the machine's bf16 matmul peak and the UNet's FLOPs per guided step.
+"""How close to the hardware: the machine's matmul peaks and the UNet's FLOPs per guided step.
 
 - `machine_peak` (a worker, so its threads are the engine's: torch's and OpenVINO's defaults in a fresh process):
-  a 4096² matmul in bf16 through torch and through OpenVINO (and f32 through torch, for reference); the best of
-  five runs (quick: three) after a warm-up. `bf16_matmul_tflops` is the better of the two libraries: what this CPU
-  can do on these threads.
+  a 4096² matmul in bf16 and in f32, each through torch and through OpenVINO; the best of five runs (quick: three)
+  after a warm-up. `bf16_matmul_tflops` and `f32_matmul_tflops` are the better of the two libraries: what this CPU
+  can do on these threads. On a CPU without native bf16 (no avx512_bf16 or AMX: `bf16_native` false) torch
+  emulates bf16 and OpenVINO runs its bf16 hint in f32, and so does the studio's engine: its peak fraction is then
+  taken against `f32_matmul_tflops` (bench.sections.peak_fraction).
 - `unet_tflop`: FLOPs of one guided SD 1.5 UNet step (batch 2: conditional + unconditional) counted by
   torch.utils.flop_counter.FlopCounterMode on the meta device, from the shipped config (studio/configs/sd-v1): no
   weights, no compute, exact for the architecture. A multiply-add counts as 2 FLOPs.
@@ -54,15 +56,23 @@ def _openvino_matmul(hint: str, side: int, repeats: int = 5) -> float | None:
 
 
 def machine_peak(side: int = MATMUL_SIDE, repeats: int = 5) -> dict[str, Any]:
-    """The bf16 (and f32) matmul TFLOPS of this machine on the engine's threads (best of `repeats` runs each)."""
+    """The bf16 and f32 matmul TFLOPS of this machine on the engine's threads (best of `repeats` runs each), and
+    whether it computes bf16 natively (`bf16_native`, from its CPU flags as the engine decides it)."""
     import torch
 
     out: dict[str, Any] = {"matmul_side": side, "matmul_repeats": repeats, "torch_threads": torch.get_num_threads()}
-    out["torch_bf16_tflops"] = round(_torch_matmul("bfloat16", side, repeats), 4)
-    out["torch_f32_tflops"] = round(_torch_matmul("float32", side, repeats), 4)
-    ov_bf16 = _openvino_matmul("bf16", side, repeats)
-    out["openvino_bf16_tflops"] = round(ov_bf16, 4) if ov_bf16 is not None else None
-    out["bf16_matmul_tflops"] = max(v for v in (out["torch_bf16_tflops"], out["openvino_bf16_tflops"]) if v)
+    try:
+        from studio.engines.openvino import cpu_bf16
+
+        out["bf16_native"] = cpu_bf16()[0]
+    except ImportError:  # no OpenVINO: the engine it describes is not there either
+        out["bf16_native"] = None
+    for precision, dtype in (("bf16", "bfloat16"), ("f32", "float32")):
+        out[f"torch_{precision}_tflops"] = round(_torch_matmul(dtype, side, repeats), 4)
+        ov_tflops = _openvino_matmul(precision, side, repeats)
+        out[f"openvino_{precision}_tflops"] = round(ov_tflops, 4) if ov_tflops is not None else None
+        measured = (out[f"torch_{precision}_tflops"], out[f"openvino_{precision}_tflops"])
+        out[f"{precision}_matmul_tflops"] = max(v for v in measured if v)
     return out
 
 

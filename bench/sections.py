@@ -244,16 +244,25 @@ def peak_rss(ctx: Context) -> dict[str, Any]:
 
 
 def hardware(ctx: Context) -> dict[str, Any]:
-    """`machine.bf16_matmul_tflops`: this CPU's bf16 matmul peak on the engine's threads (+ the UNet's TFLOP/step)."""
+    """`machine.bf16_matmul_tflops`: this CPU's bf16 (and f32) matmul peak on the engine's threads (+ the UNet's
+    TFLOP/step)."""
     return dict(ctx.hardware())
 
 
 def peak_fraction(speed: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
-    """How close the OpenVINO UNet step runs to the machine's bf16 peak, per measured size: achieved TFLOPS (the
-    step's FLOPs over its median time) ÷ `bf16_matmul_tflops`. `unet_peak_fraction_512` is null when 512² was not
-    measured (the quick profile measures 256²)."""
-    flops, peak = machine.get("unet_tflop", {}), machine.get("bf16_matmul_tflops")
-    out: dict[str, Any] = {"unet_tflop_512": flops.get("512"), "bf16_matmul_tflops": peak}
+    """How close the OpenVINO UNet step runs to the machine's matmul peak at the precision the engine ran
+    (`openvino.precision`: `bf16_matmul_tflops` for bf16; `f32_matmul_tflops` where the CPU has no native bf16 and
+    the engine ran f32), per measured size: achieved TFLOPS (the step's FLOPs over its median time) ÷ that peak
+    (`peak_precision`, `peak_tflops`). `unet_peak_fraction_512` is null when 512² was not measured (the quick profile
+    measures 256²)."""
+    precision = (speed.get("openvino") or {}).get("precision") or "bf16"
+    flops, peak = machine.get("unet_tflop", {}), machine.get(f"{precision}_matmul_tflops")
+    out: dict[str, Any] = {
+        "unet_tflop_512": flops.get("512"),
+        "bf16_matmul_tflops": machine.get("bf16_matmul_tflops"),
+        "peak_precision": precision,
+        "peak_tflops": peak,
+    }
     for size, data in speed.get("per_size", {}).items():
         tflop, seconds = flops.get(size), data["openvino_step_s"]["median"]
         if tflop is None or not seconds or not peak:

@@ -205,6 +205,31 @@ def test_peak_fraction_is_achieved_tflops_over_the_machine_peak():
     assert peak_fraction({"per_size": {"256": speed["per_size"]["256"]}}, machine)["unet_peak_fraction_512"] is None
 
 
+def test_peak_fraction_is_taken_at_the_precision_the_engine_ran():
+    """On a CPU without native bf16 the engine runs f32: its step is measured against the f32 peak, not bf16's."""
+    from bench.sections import peak_fraction
+
+    machine = {"unet_tflop": {"512": 1.6}, "bf16_matmul_tflops": 0.2, "f32_matmul_tflops": 0.4}
+    for precision, fraction in (("bf16", 4.0), ("f32", 2.0)):
+        speed = {"openvino": {"precision": precision}, "per_size": {"512": {"openvino_step_s": {"median": 2.0}}}}
+        out = peak_fraction(speed, machine)
+        assert out["peak_precision"] == precision and out["peak_tflops"] == machine[f"{precision}_matmul_tflops"]
+        assert out["unet_peak_fraction_512"] == pytest.approx(fraction)
+        assert out["bf16_matmul_tflops"] == 0.2  # the contract field stays, whichever peak was used
+
+
+def test_machine_peak_measures_both_precisions_and_says_whether_bf16_is_native():
+    pytest.importorskip("openvino")
+    from bench.hardware import machine_peak
+    from studio.engines.openvino import cpu_bf16
+
+    peak = machine_peak(side=256, repeats=1)
+    assert peak["bf16_native"] is cpu_bf16()[0]
+    for precision in ("bf16", "f32"):
+        measured = [peak[f"torch_{precision}_tflops"], peak[f"openvino_{precision}_tflops"]]
+        assert all(v > 0 for v in measured) and peak[f"{precision}_matmul_tflops"] == max(measured)
+
+
 def test_unet_flops_are_counted_for_the_sd15_architecture():
     from bench.hardware import unet_tflop
 
