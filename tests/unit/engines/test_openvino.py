@@ -113,6 +113,34 @@ def test_modules_are_shared_redirected_and_torch_weights_released(ov_engine):
     assert networks(unet)["unet"].calls > 0
 
 
+def test_unet_ir_has_geglu_as_two_matmuls_and_the_torch_modules_are_put_back(ov_engine, ir_cache):
+    import openvino as ov
+    import torch
+    from diffusers.models.activations import GEGLU
+
+    from studio.engines.openvino_ir import TwoLinearGEGLU, traceable
+
+    unet = ov_engine.pipelines[Task.TXT2IMG].unet
+    geglus = [m for m in unet.modules() if type(m) is GEGLU]
+    assert geglus and not any(isinstance(m, TwoLinearGEGLU) for m in unet.modules())  # put back after tracing
+    (xml,) = ir_cache.glob("unet-*/model.xml")
+    ops = [op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ops()]
+    assert "VariadicSplit" not in ops and "Split" not in ops
+    assert ops.count("Gelu") == len(geglus)
+
+    # the swap is exact in torch, and yields how many layers it swapped
+    block = torch.nn.Sequential(GEGLU(16, 24)).eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        expected = block(x)
+        with traceable(block) as swapped:
+            assert swapped == 1 and isinstance(block[0], TwoLinearGEGLU)
+            assert block[0].value.weight.data_ptr() == block[0].gate.weight.data_ptr() - 24 * 16 * 4  # views, no copy
+            got = block(x)
+    assert type(block[0]) is GEGLU
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_status_shows_openvino_and_precision(ov_engine):
     status = ov_engine.status()
     assert status.loaded and status.device == "cpu" and status.dtype == "f32"
