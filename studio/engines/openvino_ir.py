@@ -10,7 +10,8 @@ processes build an entry once (a file lock) and readers never see half of one (i
 The UNet is traced with latent sizes that are not multiples of its down-sampling factor, so the traced graph
 keeps diffusers' explicit `upsample_size` path and works for every size (multiples of 8 px), like torch. Its GEGLU
 feed-forward layers are traced as two linear layers (`TwoLinearGEGLU`), so the graph has no split for the CPU plugin's
-slow reference kernel.
+slow reference kernel, and every network's GroupNorms as per-channel reductions (`ChannelGroupNorm`), which keep the
+convolutions' channels-last layout instead of a reorder on each side.
 
 Telemetry: openvino's model converter would send usage events to Google Analytics; it is switched to OpenVINO's
 own no-op stub while converting (traffic stays local).
@@ -52,8 +53,9 @@ from studio.fs import file_lock, staged_dir
 logger = logging.getLogger(__name__)
 
 Calibration = Callable[[], list[list[Any]]]  # the UNet's calibration inputs, made only when it is converted
-# Bump when the wrappers or conversion settings change, so old IR is not reused. 2: GEGLU traced as TwoLinearGEGLU.
-IR_FORMAT_VERSION = 2
+# Bump when the wrappers or conversion settings change, so old IR is not reused. 2: GEGLU traced as TwoLinearGEGLU;
+# 3: GroupNorm as ChannelGroupNorm.
+IR_FORMAT_VERSION = 3
 
 
 class TwoLinearGEGLU(torch.nn.Module):
@@ -82,21 +84,63 @@ class TwoLinearGEGLU(torch.nn.Module):
         return self.value(hidden_states) * torch.nn.functional.gelu(self.gate(hidden_states))
 
 
+class ChannelGroupNorm(torch.nn.Module):
+    """torch's GroupNorm (affine, on [N, C, ...]) computed from per-channel means over the spatial axes, averaged per
+    group: mean, then the variance of the centred input (two passes, as GroupNorm itself: E[x²] - E[x]² would cancel
+    catastrophically in bf16 once a group's mean is ~30x its spread), then one scale and shift.
+
+    Why: traced as is, GroupNorm becomes a reshape to [N, groups, -1] that OpenVINO's CPU plugin runs in the plain
+    layout, with a reorder from and back to the convolutions' channels-last layout on each side. These reductions
+    and element-wise ops keep that layout. SD 1.5, bf16, 2 cores (Zen 5): VAE decode at 512² 3.09 → 2.88 s (its
+    reorders 0.31 → 0.001 s), UNet step 2.2 % faster; output vs torch f32 about as close as before (UNet relative
+    mean difference 0.033 against 0.032)."""
+
+    def __init__(self, norm: torch.nn.GroupNorm):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = self.norm
+        n, c, groups = x.shape[0], x.shape[1], norm.num_groups
+        axes = tuple(range(2, x.dim()))
+        per_channel = (n, c) + (1,) * len(axes)
+
+        def group_mean(values: torch.Tensor) -> torch.Tensor:  # per-channel means -> their group's mean, per channel
+            means = values.mean(dim=axes, keepdim=True).reshape(n, groups, c // groups).mean(-1, keepdim=True)
+            return means.expand(n, groups, c // groups).reshape(per_channel)
+
+        centred = x - group_mean(x)
+        scale = torch.rsqrt(group_mean(centred * centred) + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight.reshape((1, c) + (1,) * len(axes))
+        out = centred * scale
+        return out + norm.bias.reshape((1, c) + (1,) * len(axes)) if norm.bias is not None else out
+
+
+_TRACE_SWAPS: list[tuple[Callable[[torch.nn.Module], bool], Callable[[Any], torch.nn.Module]]] = [
+    (lambda m: type(m) is GEGLU and type(m.proj) is torch.nn.Linear, TwoLinearGEGLU),
+    (lambda m: type(m) is torch.nn.GroupNorm, ChannelGroupNorm),
+]
+
+
 @contextlib.contextmanager
 def traceable(module: torch.nn.Module) -> Iterator[int]:
     """While tracing: `module`'s GEGLU layers (exactly diffusers' class, over a plain Linear) swapped for
-    `TwoLinearGEGLU`, put back afterwards (the torch modules are the pipeline's own). Yields how many were swapped."""
-    swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
+    `TwoLinearGEGLU` and its GroupNorms for `ChannelGroupNorm`, put back afterwards (the torch modules are the
+    pipeline's own). Yields how many were swapped."""
+    swapped: list[tuple[torch.nn.Module, str, torch.nn.Module, torch.nn.Module]] = []
     for parent in module.modules():
         for name, child in parent.named_children():
-            if type(child) is GEGLU and type(child.proj) is torch.nn.Linear:
-                swapped.append((parent, name, child))
+            for wanted, replacement in _TRACE_SWAPS:
+                if wanted(child):
+                    swapped.append((parent, name, child, replacement(child)))
+                    break
     try:
-        for parent, name, child in swapped:
-            setattr(parent, name, TwoLinearGEGLU(child))
+        for parent, name, _, replacement in swapped:
+            setattr(parent, name, replacement)
         yield len(swapped)
     finally:
-        for parent, name, child in swapped:
+        for parent, name, child, _ in swapped:
             setattr(parent, name, child)
 
 

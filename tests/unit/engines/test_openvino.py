@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("openvino")
@@ -113,32 +114,49 @@ def test_modules_are_shared_redirected_and_torch_weights_released(ov_engine):
     assert networks(unet)["unet"].calls > 0
 
 
-def test_unet_ir_has_geglu_as_two_matmuls_and_the_torch_modules_are_put_back(ov_engine, ir_cache):
+def test_ir_is_traced_with_geglu_as_two_matmuls_and_groupnorm_as_reductions(ov_engine, ir_cache):
     import openvino as ov
-    import torch
+    from diffusers.models.activations import GEGLU
+
+    from studio.engines.openvino_ir import ChannelGroupNorm, TwoLinearGEGLU
+
+    pipe = ov_engine.pipelines[Task.TXT2IMG]
+    geglus = [m for m in pipe.unet.modules() if type(m) is GEGLU]
+    assert geglus
+    for module in (pipe.unet, pipe.vae):  # the pipeline's own modules are put back after tracing
+        assert any(type(m) is torch.nn.GroupNorm for m in module.modules())
+        assert not any(isinstance(m, TwoLinearGEGLU | ChannelGroupNorm) for m in module.modules())
+    for name in ("unet", "vae_decoder", "vae_encoder"):
+        (xml,) = ir_cache.glob(f"{name}-*/model.xml")
+        ops = [op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ops()]
+        assert "GroupNormalization" not in ops and "ReduceMean" in ops, name
+        if name == "unet":
+            assert "VariadicSplit" not in ops and "Split" not in ops
+            assert ops.count("Gelu") == len(geglus)
+
+
+def test_trace_swaps_compute_what_the_torch_modules_do():
     from diffusers.models.activations import GEGLU
 
     from studio.engines.openvino_ir import TwoLinearGEGLU, traceable
 
-    unet = ov_engine.pipelines[Task.TXT2IMG].unet
-    geglus = [m for m in unet.modules() if type(m) is GEGLU]
-    assert geglus and not any(isinstance(m, TwoLinearGEGLU) for m in unet.modules())  # put back after tracing
-    (xml,) = ir_cache.glob("unet-*/model.xml")
-    ops = [op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ops()]
-    assert "VariadicSplit" not in ops and "Split" not in ops
-    assert ops.count("Gelu") == len(geglus)
-
-    # the swap is exact in torch, and yields how many layers it swapped
-    block = torch.nn.Sequential(GEGLU(16, 24)).eval()
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(4, 16, eps=1e-6)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    block = torch.nn.ModuleDict({"ff": GEGLU(16, 24), "norm": norm}).eval()
     x = torch.randn(2, 5, 16)
+    images = [torch.randn(2, 16, 6, 7) * 3 + 40, torch.randn(2, 16, 30)]  # a mean far above the spread; 3-d input
     with torch.no_grad():
-        expected = block(x)
+        expected = [block["ff"](x)] + [block["norm"](i) for i in images]
         with traceable(block) as swapped:
-            assert swapped == 1 and isinstance(block[0], TwoLinearGEGLU)
-            assert block[0].value.weight.data_ptr() == block[0].gate.weight.data_ptr() - 24 * 16 * 4  # views, no copy
-            got = block(x)
-    assert type(block[0]) is GEGLU
-    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+            assert swapped == 2 and isinstance(block["ff"], TwoLinearGEGLU)
+            ff = block["ff"]
+            assert ff.value.weight.data_ptr() + 24 * 16 * 4 == ff.gate.weight.data_ptr()  # views, no copy
+            got = [block["ff"](x)] + [block["norm"](i) for i in images]
+    assert type(block["ff"]) is GEGLU and block["norm"] is norm
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_status_shows_openvino_and_precision(ov_engine):
