@@ -10,7 +10,7 @@ processes build an entry once (a file lock) and readers never see half of one (i
 The UNet is traced with latent sizes that are not multiples of its down-sampling factor, so the traced graph
 keeps diffusers' explicit `upsample_size` path and works for every size (multiples of 8 px), like torch. Its GEGLU
 feed-forward layers are traced as two linear layers (`TwoLinearGEGLU`), so the graph has no split for the CPU plugin's
-slow reference kernel, and every network's GroupNorms as per-channel reductions (`ChannelGroupNorm`), which keep the
+slow reference kernel, and its GroupNorms as per-channel reductions (`ChannelGroupNorm`), which keep the
 convolutions' channels-last layout instead of a reorder on each side.
 
 Telemetry: openvino's model converter would send usage events to Google Analytics; it is switched to OpenVINO's
@@ -54,8 +54,11 @@ logger = logging.getLogger(__name__)
 
 Calibration = Callable[[], list[list[Any]]]  # the UNet's calibration inputs, made only when it is converted
 # Bump when the wrappers or conversion settings change, so old IR is not reused. 2: GEGLU traced as TwoLinearGEGLU;
-# 3: GroupNorm as ChannelGroupNorm.
-IR_FORMAT_VERSION = 3
+# 3: GroupNorm as ChannelGroupNorm; 4: that in the UNet only (CHANNEL_GROUP_NORM_NETWORKS).
+IR_FORMAT_VERSION = 4
+# Where GroupNorm is traced as ChannelGroupNorm. Not the VAE: its decoder was 7 % faster so (SD 1.5 at 512², 2 cores,
+# Zen 5: 3.09 -> 2.88 s) but peaked ~90 MB higher (704 -> 796 MB), and that decode is the engine's memory peak.
+CHANNEL_GROUP_NORM_NETWORKS = frozenset({"unet"})
 
 
 class TwoLinearGEGLU(torch.nn.Module):
@@ -91,9 +94,8 @@ class ChannelGroupNorm(torch.nn.Module):
 
     Why: traced as is, GroupNorm becomes a reshape to [N, groups, -1] that OpenVINO's CPU plugin runs in the plain
     layout, with a reorder from and back to the convolutions' channels-last layout on each side. These reductions
-    and element-wise ops keep that layout. SD 1.5, bf16, 2 cores (Zen 5): VAE decode at 512² 3.09 → 2.88 s (its
-    reorders 0.31 → 0.001 s), UNet step 2.2 % faster; output vs torch f32 about as close as before (UNet relative
-    mean difference 0.033 against 0.032)."""
+    and element-wise ops keep that layout. SD 1.5, bf16, 2 cores (Zen 5): UNet step 2.2 % faster, its output vs
+    torch f32 about as close as before (relative mean difference 0.033 against 0.032)."""
 
     def __init__(self, norm: torch.nn.GroupNorm):
         super().__init__()
@@ -117,21 +119,20 @@ class ChannelGroupNorm(torch.nn.Module):
         return out + norm.bias.reshape((1, c) + (1,) * len(axes)) if norm.bias is not None else out
 
 
-_TRACE_SWAPS: list[tuple[Callable[[torch.nn.Module], bool], Callable[[Any], torch.nn.Module]]] = [
-    (lambda m: type(m) is GEGLU and type(m.proj) is torch.nn.Linear, TwoLinearGEGLU),
-    (lambda m: type(m) is torch.nn.GroupNorm, ChannelGroupNorm),
-]
-
-
 @contextlib.contextmanager
-def traceable(module: torch.nn.Module) -> Iterator[int]:
+def traceable(module: torch.nn.Module, *, group_norm: bool = True) -> Iterator[int]:
     """While tracing: `module`'s GEGLU layers (exactly diffusers' class, over a plain Linear) swapped for
-    `TwoLinearGEGLU` and its GroupNorms for `ChannelGroupNorm`, put back afterwards (the torch modules are the
-    pipeline's own). Yields how many were swapped."""
+    `TwoLinearGEGLU` and, with `group_norm`, its GroupNorms for `ChannelGroupNorm`; put back afterwards (the torch
+    modules are the pipeline's own). Yields how many were swapped."""
+    swaps: list[tuple[Callable[[torch.nn.Module], bool], Callable[[Any], torch.nn.Module]]] = [
+        (lambda m: type(m) is GEGLU and type(m.proj) is torch.nn.Linear, TwoLinearGEGLU),
+    ]
+    if group_norm:
+        swaps.append((lambda m: type(m) is torch.nn.GroupNorm, ChannelGroupNorm))
     swapped: list[tuple[torch.nn.Module, str, torch.nn.Module, torch.nn.Module]] = []
     for parent in module.modules():
         for name, child in parent.named_children():
-            for wanted, replacement in _TRACE_SWAPS:
+            for wanted, replacement in swaps:
                 if wanted(child):
                     swapped.append((parent, name, child, replacement(child)))
                     break
@@ -292,7 +293,8 @@ def _convert(
     "fp16", "int8", "int8-hybrid" or "int8-full": studio.engines.openvino_int8; the last two are calibrated on
     `calibrate()`)."""
     wrapper = _WRAPPERS[spec.name](module).eval()
-    with torch.inference_mode(False), torch.no_grad(), no_telemetry(), warnings.catch_warnings(), traceable(module):
+    rewrites = traceable(module, group_norm=spec.name in CHANNEL_GROUP_NORM_NETWORKS)
+    with torch.inference_mode(False), torch.no_grad(), no_telemetry(), warnings.catch_warnings(), rewrites:
         # The tracer warns about every shape-dependent Python branch; the traced paths are the intended ones.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         model = ov.convert_model(wrapper, example_input=spec.example)

@@ -10,7 +10,7 @@ from studio.config import cache_dir
 from studio.fs import file_lock
 from studio.models import DEMO_VERSION
 
-EXPORT_FORMAT = 3  # bump when an export holds something else: openvino_export or openvino_ir.IR_FORMAT_VERSION (3)
+EXPORT_FORMAT = 4  # bump when an export holds something else: openvino_export or openvino_ir.IR_FORMAT_VERSION (4)
 
 
 def exported_demo(precision: str = "f32") -> Path:

@@ -114,7 +114,7 @@ def test_modules_are_shared_redirected_and_torch_weights_released(ov_engine):
     assert networks(unet)["unet"].calls > 0
 
 
-def test_ir_is_traced_with_geglu_as_two_matmuls_and_groupnorm_as_reductions(ov_engine, ir_cache):
+def test_unet_ir_is_traced_with_geglu_as_two_matmuls_and_groupnorm_as_reductions(ov_engine, ir_cache):
     import openvino as ov
     from diffusers.models.activations import GEGLU
 
@@ -129,10 +129,12 @@ def test_ir_is_traced_with_geglu_as_two_matmuls_and_groupnorm_as_reductions(ov_e
     for name in ("unet", "vae_decoder", "vae_encoder"):
         (xml,) = ir_cache.glob(f"{name}-*/model.xml")
         ops = [op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ops()]
-        assert "GroupNormalization" not in ops and "ReduceMean" in ops, name
         if name == "unet":
+            assert "GroupNormalization" not in ops and "ReduceMean" in ops
             assert "VariadicSplit" not in ops and "Split" not in ops
             assert ops.count("Gelu") == len(geglus)
+        else:  # the VAE keeps GroupNorm: rewritten, its decode peaked higher (CHANNEL_GROUP_NORM_NETWORKS)
+            assert "GroupNormalization" in ops, name
 
 
 def test_trace_swaps_compute_what_the_torch_modules_do():
