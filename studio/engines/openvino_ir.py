@@ -73,8 +73,9 @@ class TwoLinearGEGLU(torch.nn.Module):
         super().__init__()
         proj = geglu.proj
         half = proj.out_features // 2
-        self.value = torch.nn.Linear(proj.in_features, half, bias=proj.bias is not None)
-        self.gate = torch.nn.Linear(proj.in_features, half, bias=proj.bias is not None)
+        # On the meta device: no weights are allocated and initialised only to be replaced by the views below.
+        self.value = torch.nn.Linear(proj.in_features, half, bias=proj.bias is not None, device="meta")
+        self.gate = torch.nn.Linear(proj.in_features, half, bias=proj.bias is not None, device="meta")
         weight = proj.weight.detach()
         self.value.weight = torch.nn.Parameter(weight[:half], requires_grad=False)
         self.gate.weight = torch.nn.Parameter(weight[half:], requires_grad=False)
@@ -105,7 +106,7 @@ class ChannelGroupNorm(torch.nn.Module):
         norm = self.norm
         n, c, groups = x.shape[0], x.shape[1], norm.num_groups
         axes = tuple(range(2, x.dim()))
-        per_channel = (n, c) + (1,) * len(axes)
+        per_channel, affine = (n, c) + (1,) * len(axes), (1, c) + (1,) * len(axes)
 
         def group_mean(values: torch.Tensor) -> torch.Tensor:  # per-channel means -> their group's mean, per channel
             means = values.mean(dim=axes, keepdim=True).reshape(n, groups, c // groups).mean(-1, keepdim=True)
@@ -114,9 +115,9 @@ class ChannelGroupNorm(torch.nn.Module):
         centred = x - group_mean(x)
         scale = torch.rsqrt(group_mean(centred * centred) + norm.eps)
         if norm.weight is not None:
-            scale = scale * norm.weight.reshape((1, c) + (1,) * len(axes))
+            scale = scale * norm.weight.reshape(affine)
         out = centred * scale
-        return out + norm.bias.reshape((1, c) + (1,) * len(axes)) if norm.bias is not None else out
+        return out + norm.bias.reshape(affine) if norm.bias is not None else out
 
 
 @contextlib.contextmanager
